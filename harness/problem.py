@@ -1,0 +1,61 @@
+"""Hydra config -> validated `Problem`. Everything that can be refused is refused here, in the parent,
+before any rank starts; the message says what to change."""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+import methods
+from methods.common.config import DTYPES, InvalidConfig, ModelConfig, Problem, Workload
+
+MODEL_KEYS = ("name", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "layers", "kind", "rope_theta", "norm_eps")
+WORKLOAD_KEYS = ("name", "batch_size", "seq_len", "causal", "frames", "spatial")
+
+
+def _unknown_choice(cfg: DictConfig) -> None:
+    for group in ("method", "model", "workload", "hardware"):
+        bad = cfg.get(f"unknown_{group}")
+        if bad is not None:
+            from .groups import options
+            raise InvalidConfig(f"unknown {group} {bad!r}; available: {', '.join(options(group))}")
+
+
+def problem_from_cfg(cfg: DictConfig) -> Problem:
+    _unknown_choice(cfg)
+    world_size = cfg.world_size
+    if not isinstance(world_size, int) or world_size < 1:
+        raise InvalidConfig(f"world_size must be a positive integer, got {world_size!r}")
+    if cfg.dtype not in DTYPES:
+        raise InvalidConfig(f"dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
+    method = methods.get(cfg.method.name)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model = ModelConfig(**{k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg},
+                        extra={k: v for k, v in model_cfg.items() if k not in MODEL_KEYS})
+    workload_cfg = OmegaConf.to_container(cfg.workload, resolve=True)
+    workload = Workload(**{k: workload_cfg[k] for k in WORKLOAD_KEYS if k in workload_cfg})
+    for key in ("batch_size", "layers"):
+        value = workload.batch_size if key == "batch_size" else model.layers
+        if value < 1:
+            raise InvalidConfig(f"{key} must be at least 1, got {value}")
+    if workload.name not in method.workloads:
+        raise InvalidConfig(f"method {method.name!r} does not run workload {workload.name!r} "
+                            f"(supported: {', '.join(method.workloads)})")
+    if model.kind not in method.model_kinds:
+        raise InvalidConfig(f"method {method.name!r} does not run {model.kind!r} models such as {model.name!r} "
+                            f"(supported kinds: {', '.join(method.model_kinds)})")
+    options = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
+    problem = Problem(method.name, model, workload, world_size, cfg.dtype, options)
+    method.validate(problem)
+    return problem
+
+
+def resolve_backend(cfg: DictConfig) -> str:
+    """auto: NCCL when CUDA has a GPU per rank, else gloo. An explicit NCCL without enough GPUs is refused."""
+    import torch
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.backend == "auto":
+        return "nccl" if gpus >= cfg.world_size else "gloo"
+    if cfg.backend == "nccl" and gpus < cfg.world_size:
+        raise InvalidConfig(f"backend=nccl needs one GPU per rank: world_size={cfg.world_size}, GPUs here: {gpus}")
+    if cfg.backend not in ("nccl", "gloo"):
+        raise InvalidConfig(f"backend must be auto, nccl or gloo, got {cfg.backend!r}")
+    return cfg.backend

@@ -1,0 +1,160 @@
+"""`python -m harness.run [overrides]` runs one configuration; `-m` sweeps (Hydra multirun).
+
+Hydra is the parent process: each job validates its config, launches its ranks itself and writes
+exactly one row (`result.json` in its job directory) whatever happens."""
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import statistics
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+import methods
+from methods.common.config import InvalidConfig, Problem
+
+from .flops import step_flops
+from .groups import CONF_DIR, rewrite_unknown_choices
+from .launch import ChildFailedError, launch
+from .problem import problem_from_cfg, resolve_backend
+from .results import write_row
+from .worker import Job, entry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _device_name(backend: str) -> str:
+    if backend == "nccl":
+        return torch.cuda.get_device_name(0)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def config_fields(cfg: DictConfig) -> dict:
+    """The row's config columns, readable even when the config is invalid."""
+    model, workload, method = cfg.get("model") or {}, cfg.get("workload") or {}, cfg.get("method") or {}
+    return {
+        "method": method.get("name", cfg.get("unknown_method")),
+        "model": model.get("name", cfg.get("unknown_model")),
+        "workload": workload.get("name", cfg.get("unknown_workload")),
+        "world_size": cfg.get("world_size"),
+        "ulysses_degree": method.get("ulysses_degree"), "ring_degree": method.get("ring_degree"),
+        "ring_layout": method.get("layout"), "zero3": bool(method.get("zero3", False)),
+        "batch_size": workload.get("batch_size"), "seq_len": workload.get("seq_len"),
+        "frames": workload.get("frames"), "spatial": workload.get("spatial"),
+        "hidden": model.get("hidden"), "heads": model.get("heads"), "kv_heads": model.get("kv_heads"),
+        "head_dim": model.get("head_dim"), "ffn_hidden": model.get("ffn_hidden"), "layers": model.get("layers"),
+        "dtype": cfg.get("dtype"), "causal": workload.get("causal"),
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _max_comm(per_rank: list[dict]) -> dict:
+    out: dict = {"fwd": {}, "bwd": {}}
+    for r in per_rank:
+        for phase, kinds in r["comm"].items():
+            for kind, b in kinds.items():
+                out[phase][kind] = max(out[phase].get(kind, 0), b)
+    return out
+
+
+def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig) -> dict:
+    """Aggregate the ranks' measurements: step time = max over ranks per iteration, then median/p10/p90."""
+    iters = zip(*(r["step_times_s"] for r in per_rank))
+    step_s = [max(it) for it in iters]
+    median = statistics.median(step_s)
+    dense, effective = step_flops(problem)
+    tflops = effective / problem.world_size / median / 1e12
+    peak = (hardware.get("peak_tflops") or {}).get(problem.dtype)
+    comm = _max_comm(per_rank)
+    theory = methods.get(problem.method).comm_cost(problem).as_dict()
+    row = {
+        "step_time_ms": 1e3 * median, "step_time_ms_p10": 1e3 * _percentile(step_s, 0.1),
+        "step_time_ms_p90": 1e3 * _percentile(step_s, 0.9), "step_times_ms": [1e3 * t for t in step_s],
+        "tokens_per_s": problem.workload.tokens / median, "model_flops": dense, "model_flops_effective": effective,
+        "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
+        "peak_mem_bytes": max(r.get("peak_mem_bytes", 0) for r in per_rank),
+        "peak_mem_detail": per_rank[0].get("peak_mem_detail"),
+        "theory_mem_bytes": None,
+        "comm_bytes_fwd": sum(comm["fwd"].values()), "comm_bytes_bwd": sum(comm["bwd"].values()),
+        "theory_comm_bytes_fwd": sum(theory["fwd"].values()), "theory_comm_bytes_bwd": sum(theory["bwd"].values()),
+        "comm_detail": comm, "theory_comm_detail": theory, "comm_calls": per_rank[0]["comm_calls"],
+    }
+    if "verify_out_rel_err" in per_rank[0]:
+        row["verify_out_rel_err"] = max(r["verify_out_rel_err"] for r in per_rank if "verify_out_rel_err" in r)
+        row["verify_grad_rel_err"] = max(r["verify_grad_rel_err"] for r in per_rank if "verify_grad_rel_err" in r)
+    return row
+
+
+def classify_failure(err: ChildFailedError) -> tuple[str, str]:
+    """(status, reason) from every failed rank's message, not just the first follow-on error."""
+    failures = sorted(err.failures.items())
+    for rank, failure in failures:
+        if "OutOfMemoryError" in failure.message or "out of memory" in failure.message.lower():
+            return "oom", f"rank {rank}: out of memory"
+    rank, failure = failures[0]
+    head = failure.message.strip().splitlines()[-1] if failure.message.strip() else f"exit code {failure.exitcode}"
+    return "error", f"rank {rank} failed: {head}"[:2000]
+
+
+def execute(cfg: DictConfig, job_dir: Path) -> dict:
+    """Run one job and return its row; expected failures become the row's status, never an exception."""
+    backend = None
+    row = {"run_id": str(uuid.uuid4()), "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+           "git_sha": _git_sha(), "torch_version": torch.__version__, "mode": cfg.get("mode"),
+           "hardware": (cfg.get("hardware") or {}).get("name"), **config_fields(cfg),
+           "status": "ok", "error": None}
+    try:
+        if cfg.mode != "real":
+            raise InvalidConfig(f"mode {cfg.mode!r} is not available yet; use mode=real")
+        problem = problem_from_cfg(cfg)
+        backend = resolve_backend(cfg)
+    except InvalidConfig as e:
+        return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
+    row.update(backend=backend, device_name=_device_name(backend))
+    job = Job(problem, backend, seed=cfg.seed, warmup=cfg.bench.warmup, iters=cfg.bench.iters,
+              verify=cfg.verify, pg_timeout_s=cfg.bench.timeout_s)
+    try:
+        per_rank = [r[0] for _, r in sorted(launch(entry, ([job],), problem.world_size, job_dir / "ranks").items())]
+    except ChildFailedError as e:
+        status, reason = classify_failure(e)
+        return {**row, "status": status, "error": reason}
+    return {**row, **metrics(problem, per_rank, cfg.hardware)}
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    row = execute(cfg, job_dir)
+    write_row(job_dir, row)
+    extra = f" error: {row['error']}" if row["error"] else f" step {row['step_time_ms']:.1f} ms"
+    print(f"[{row['status']}] {row['method']} seq_len={row['seq_len']} world_size={row['world_size']}{extra} -> {job_dir}")
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *rewrite_unknown_choices(sys.argv[1:])]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

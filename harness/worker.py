@@ -1,0 +1,216 @@
+"""What every rank runs for one job: build the method from the reference weights, run one counted
+step, optionally verify it against the float64 reference, then warm up and time plain steps.
+
+Counting (and CPU memory tracking) happen on a step of their own, so the timed steps run bare."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+import methods
+from methods.common.config import Problem
+from methods.common.layers import build_reference
+
+from .comm import CommCounter
+
+
+@dataclass(frozen=True)
+class Job:
+    problem: Problem
+    backend: str = "gloo"  # nccl | gloo
+    seed: int = 0
+    warmup: int = 1
+    iters: int = 3
+    verify: bool = False
+    pg_timeout_s: float = 300.0
+
+
+def init_rank(backend: str, timeout_s: float) -> torch.device:
+    """Join the launcher's process group (env://) and pick this rank's device."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        # the ranks share the machine's cores; oversubscription would time the scheduler
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
+                            device_id=device if backend == "nccl" else None)
+    return device
+
+
+def entry(jobs: list[Job]) -> list[dict]:
+    """Launch entry point: one process group, the jobs in order, one result dict per job."""
+    device = init_rank(jobs[0].backend, jobs[0].pg_timeout_s)
+    try:
+        return [run_job(job, device) for job in jobs]
+    finally:
+        dist.destroy_process_group()
+
+
+def call_in_group(fn: Callable[..., Any], args: tuple = (), backend: str = "gloo", timeout_s: float = 120.0) -> Any:
+    """Launch entry point for arbitrary rank code (tests, benchmarks): `fn(*args)` inside a process group."""
+    init_rank(backend, timeout_s)
+    try:
+        return fn(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _global_inputs(p: Problem, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global input x and upstream gradient dy [B, tokens, d] in float64, the same on every rank."""
+    shape = (p.workload.batch_size, _tokens_axis(p), p.model.hidden)
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+def _inputs(job: Job, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's x (requiring grad) and dy. Verified runs slice the global tensors; timed-only runs
+    draw the local shard directly (a paper-scale global input need not fit anywhere)."""
+    p = job.problem
+    if job.verify:
+        x, dy = (t.index_select(1, index) for t in _global_inputs(p, job.seed))
+    else:
+        gen = torch.Generator().manual_seed(job.seed + 1 + dist.get_rank())
+        shape = (p.workload.batch_size, index.numel(), p.model.hidden)
+        x, dy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    x, dy = (t.to(device=device, dtype=p.torch_dtype) for t in (x, dy))
+    return x.requires_grad_(), dy
+
+
+def _tokens_axis(p: Problem) -> int:
+    w = p.workload
+    return w.frames * w.spatial if w.frames else w.seq_len
+
+
+def _zero_grads(model: torch.nn.Module, x: torch.Tensor) -> None:
+    for p in model.parameters():
+        p.grad = None
+    x.grad = None
+
+
+def _step(model, x, dy, counter: CommCounter | None = None) -> torch.Tensor:
+    if counter is not None:
+        counter.phase = "fwd"
+    y = model(x)
+    if counter is not None:
+        counter.phase = "bwd"
+    y.backward(dy)
+    model.finish_grads()
+    return y
+
+
+def _counted_step(model, x, dy, device) -> tuple[torch.Tensor, CommCounter, dict]:
+    """One step under the communication counter (and, on CPU, the tensor-level memory tracker)."""
+    memory: dict = {}
+    if device.type == "cpu":
+        from torch.distributed._tools.mem_tracker import MemTracker
+        tracker = MemTracker()
+        tracker.track_external(model, x, dy)
+        with tracker, CommCounter() as counter:
+            y = _step(model, x, dy, counter)
+        peak = tracker.get_tracker_snapshot("peak")[device]
+        memory = {"peak_mem_bytes": int(peak["Total"]), "peak_mem_detail": {str(k).split(".")[-1].lower(): int(v)
+                  for k, v in peak.items() if k != "Total"}}
+    else:
+        with CommCounter() as counter:
+            y = _step(model, x, dy, counter)
+    return y, counter, memory
+
+
+def run_job(job: Job, device: torch.device) -> dict:
+    p = job.problem
+    method = methods.get(p.method)
+    rank = dist.get_rank()
+    index = method.layout(p)[rank]
+    reference = build_reference(p.model, job.seed, torch.float64 if job.verify else p.torch_dtype, device)
+    model = method.build(p, reference, device)
+    if not job.verify:
+        del reference  # methods copy what they need; keeping it would double the parameter memory
+    x, dy = _inputs(job, index, device)
+
+    y, counter, memory = _counted_step(model, x, dy, device)
+    result: dict = {"rank": rank, "comm": counter.cost().as_dict(), "comm_calls": counter.calls(), **memory}
+    if job.verify:
+        result.update(verify(job, method, model, reference, x, y, device))
+        del reference
+    del y
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(job.warmup + job.iters):
+        _zero_grads(model, x)
+        times.append(_timed_step(model, x, dy, device))
+    result["step_times_s"] = times[job.warmup:]
+    if device.type == "cuda":
+        result["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated())
+        result["peak_mem_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
+    return result
+
+
+def _timed_step(model, x, dy, device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        dist.barrier()
+        start.record()
+        _step(model, x, dy)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    dist.barrier()
+    t0 = time.perf_counter()
+    _step(model, x, dy)
+    return time.perf_counter() - t0
+
+
+# ---- verification against the single-device float64 block -----------------------------------------
+
+def _gather_global(local: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
+    from methods.common.layout import unshard
+    parts = [torch.empty((local.shape[0], i.numel(), *local.shape[2:]), dtype=local.dtype, device=local.device)
+             for i in indices]
+    dist.all_gather(parts, local.contiguous())
+    return unshard(parts, indices)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| in float64."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def verify(job: Job, method, model, reference, x, y, device) -> dict:
+    """Relative errors of the output, the input gradient and every weight gradient of the step just
+    run, against the reference block with the same weights and inputs (run in float64)."""
+    p = job.problem
+    indices = method.layout(p)
+    y_full = _gather_global(y.detach(), indices)
+    dx_full = _gather_global(x.grad, indices)
+    grads = {name: g.detach() for name, g in model.full_grads().items()}  # may use collectives
+
+    x_ref, dy_ref = (t.to(device) for t in _global_inputs(p, job.seed))
+    x_ref.requires_grad_()
+    for prm in reference.parameters():
+        prm.grad = None
+    y_ref = reference(x_ref, p.workload.causal)
+    y_ref.backward(dy_ref)
+
+    ref_grads = dict(reference.named_parameters())
+    missing = sorted(set(ref_grads) ^ set(grads))
+    if missing:
+        raise RuntimeError(f"full_grads() and the reference disagree on parameter names: {missing}")
+    grad_errs = {"input": rel_err(dx_full, x_ref.grad)}
+    grad_errs.update({name: rel_err(grads[name], prm.grad) for name, prm in ref_grads.items()})
+    grad_dtypes = {name: str(g.dtype).removeprefix("torch.") for name, g in grads.items()}
+    grad_dtypes["input"] = str(x.grad.dtype).removeprefix("torch.")
+    return {"verify_out_rel_err": rel_err(y_full, y_ref), "verify_grad_rel_err": max(grad_errs.values()),
+            "verify_grad_errs": grad_errs, "verify_grad_dtypes": grad_dtypes}

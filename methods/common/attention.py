@@ -1,0 +1,210 @@
+"""Attention kernels that return the log-sum-exp next to the output, forward and backward.
+
+Every kernel takes q [B, Lq, H, D], k/v [B, Lk, Hkv, D] (H % Hkv == 0) and returns
+out [B, Lq, H, D] (input dtype) and lse [B, H, Lq] (float32, float64 for float64 inputs). The backward
+takes the *final* out and lse, which is what lets ring attention compute exact per-block gradients.
+`causal` is only used on square blocks (Lq == Lk), where every backend agrees on the mask.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable
+
+import torch
+
+try:  # optional: flash-attn 2 when installed (CUDA only)
+    from flash_attn import flash_attn_interface as _fa
+except ImportError:  # pragma: no cover - depends on the machine
+    _fa = None
+
+Kernel = tuple[Callable, Callable]  # (forward, backward)
+
+
+def _bhld(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2)
+
+
+def _repeat_kv(k: torch.Tensor, rep: int) -> torch.Tensor:
+    return k if rep == 1 else k.repeat_interleave(rep, dim=2)
+
+
+def _sum_kv(dk: torch.Tensor, rep: int) -> torch.Tensor:
+    if rep == 1:
+        return dk
+    B, L, H, D = dk.shape
+    return dk.view(B, L, H // rep, rep, D).sum(3)
+
+
+# ---- math: the float64 reference path (any device, any dtype) -------------------------------------
+
+def _math_scores(q, k, causal):
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * (1.0 / math.sqrt(q.shape[-1]))
+    if causal:
+        Lq, Lk = q.shape[1], k.shape[1]
+        keep = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril()
+        s = s.masked_fill(~keep, float("-inf"))
+    return s
+
+
+def _math_fwd(q, k, v, causal):
+    rep = q.shape[2] // k.shape[2]
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf, kf, vf = q.to(acc), _repeat_kv(k, rep).to(acc), _repeat_kv(v, rep).to(acc)
+    s = _math_scores(qf, kf, causal)
+    lse = torch.logsumexp(s, dim=-1)
+    out = torch.einsum("bhqk,bkhd->bqhd", torch.exp(s - lse[..., None]), vf)
+    return out.to(q.dtype), lse
+
+
+def _math_bwd(dout, q, k, v, out, lse, causal):
+    rep = q.shape[2] // k.shape[2]
+    acc = lse.dtype
+    qf, kf, vf = q.to(acc), _repeat_kv(k, rep).to(acc), _repeat_kv(v, rep).to(acc)
+    do, of = dout.to(acc), out.to(acc)
+    p = torch.exp(_math_scores(qf, kf, causal) - lse[..., None])
+    dv = torch.einsum("bhqk,bqhd->bkhd", p, do)
+    dp = torch.einsum("bqhd,bkhd->bhqk", do, vf)
+    delta = (do * of).sum(-1).transpose(1, 2)  # [B, H, Lq]
+    ds = p * (dp - delta[..., None]) * (1.0 / math.sqrt(q.shape[-1]))
+    dq = torch.einsum("bhqk,bkhd->bqhd", ds, kf)
+    dk = torch.einsum("bhqk,bqhd->bkhd", ds, qf)
+    return dq.to(q.dtype), _sum_kv(dk, rep).to(k.dtype), _sum_kv(dv, rep).to(v.dtype)
+
+
+# ---- PyTorch's CPU flash kernel (all float dtypes, native GQA) ------------------------------------
+
+def _cpu_flash_fwd(q, k, v, causal):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(_bhld(q), _bhld(k), _bhld(v), 0.0, causal)
+    return _bhld(out), lse
+
+
+def _cpu_flash_bwd(dout, q, k, v, out, lse, causal):
+    grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        _bhld(dout), _bhld(q), _bhld(k), _bhld(v), _bhld(out), lse.contiguous(), 0.0, causal)
+    return tuple(_bhld(g) for g in grads)
+
+
+# ---- CUDA SDPA kernels (no GQA: kv heads are repeated, their grads summed back) -------------------
+
+def _cuda_flash_fwd(q, k, v, causal):
+    rep = q.shape[2] // k.shape[2]
+    res = torch.ops.aten._scaled_dot_product_flash_attention(
+        _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), 0.0, causal)
+    return _bhld(res[0]), res[1]
+
+
+def _cuda_flash_bwd(dout, q, k, v, out, lse, causal):
+    rep = q.shape[2] // k.shape[2]
+    kr, vr = _repeat_kv(k, rep), _repeat_kv(v, rep)
+    Lq, Lk = q.shape[1], k.shape[1]
+    empty = torch.empty(0, device=q.device, dtype=torch.int64)
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        _bhld(dout).contiguous(), _bhld(q), _bhld(kr), _bhld(vr), _bhld(out), lse.contiguous(),
+        empty, empty, Lq, Lk, 0.0, causal, empty, empty)
+    return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
+
+
+def _cuda_efficient_fwd(q, k, v, causal):
+    rep = q.shape[2] // k.shape[2]
+    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+        _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), None, True, 0.0, causal)
+    return _bhld(out), lse[..., : q.shape[1]].contiguous()  # the kernel pads the LSE to 32 rows
+
+
+def _cuda_efficient_bwd(dout, q, k, v, out, lse, causal):
+    rep = q.shape[2] // k.shape[2]
+    kr, vr = _repeat_kv(k, rep), _repeat_kv(v, rep)
+    seed = torch.zeros((), dtype=torch.int64, device=q.device)
+    dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        _bhld(dout).contiguous(), _bhld(q), _bhld(kr), _bhld(vr), None, _bhld(out), lse.contiguous(),
+        seed, seed, 0.0, [True, True, True, False], causal)
+    return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
+
+
+# ---- flash-attn 2 (optional) ----------------------------------------------------------------------
+
+def _fa_kwargs(fn: Callable, **kw) -> dict:
+    """flash-attn renamed arguments across releases (window_size vs window_size_left/right, softcap):
+    pass only what this release's signature takes."""
+    params = inspect.signature(fn).parameters
+    if "window_size" in params:
+        kw["window_size"] = (-1, -1)
+    else:
+        kw.update(window_size_left=-1, window_size_right=-1)
+    kw.update(softcap=0.0, alibi_slopes=None, deterministic=False)
+    return {k: v for k, v in kw.items() if k in params}
+
+
+def _flash_attn_fwd(q, k, v, causal):
+    kw = _fa_kwargs(_fa._flash_attn_forward, dropout_p=0.0, softmax_scale=q.shape[-1] ** -0.5, causal=causal,
+                    return_softmax=False)
+    res = _fa._flash_attn_forward(q, k, v, **kw)
+    return res[0], res[1]
+
+
+def _flash_attn_bwd(dout, q, k, v, out, lse, causal):
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    kw = _fa_kwargs(_fa._flash_attn_backward, dropout_p=0.0, softmax_scale=q.shape[-1] ** -0.5, causal=causal,
+                    rng_state=None)
+    _fa._flash_attn_backward(dout.contiguous(), q, k, v, out, lse.contiguous(), dq, dk, dv, **kw)
+    return dq, dk, dv
+
+
+KERNELS: dict[str, Kernel] = {
+    "math": (_math_fwd, _math_bwd),
+    "cpu_flash": (_cpu_flash_fwd, _cpu_flash_bwd),
+    "cuda_flash": (_cuda_flash_fwd, _cuda_flash_bwd),
+    "cuda_efficient": (_cuda_efficient_fwd, _cuda_efficient_bwd),
+    "flash_attn": (_flash_attn_fwd, _flash_attn_bwd),
+}
+
+_override: str | None = None
+
+
+def set_backend(name: str | None) -> None:
+    """Force one backend for this process (None: choose per call)."""
+    if name is not None and name not in KERNELS:
+        raise ValueError(f"unknown attention backend {name!r}; choose from {sorted(KERNELS)}")
+    global _override
+    _override = name
+
+
+def choose_backend(q: torch.Tensor) -> str:
+    """Best available kernel for this device and dtype; float64 always takes an exact path."""
+    if _override is not None:
+        return _override
+    if q.device.type == "cpu":
+        return "cpu_flash"
+    if q.dtype in (torch.float16, torch.bfloat16):
+        return "flash_attn" if _fa is not None else "cuda_flash"
+    return "cuda_efficient" if q.dtype == torch.float32 else "math"
+
+
+def attn_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) of softmax attention; see the module docstring for shapes."""
+    return KERNELS[choose_backend(q)][0](q, k, v, causal)
+
+
+def attn_backward(dout, q, k, v, out, lse, causal) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) given the final out and lse of the rows of q."""
+    return KERNELS[choose_backend(q)][1](dout, q, k, v, out, lse, causal)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal):
+        out, lse = attn_forward(q, k, v, causal)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal = causal
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        return (*attn_backward(dout, q, k, v, out, lse, ctx.causal), None)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Differentiable local attention through the chosen kernel."""
+    return _Attention.apply(q, k, v, causal)

@@ -1,0 +1,74 @@
+"""The problem a method solves: model shape, workload, world size, dtype and method options.
+
+One frozen `Problem` is built from the Hydra config in the parent process (validated before any rank
+starts) and handed to every rank, to the cost models and to the reference block alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class InvalidConfig(ValueError):
+    """A configuration no rank should start with; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn_hidden: int
+    layers: int = 1
+    kind: str = "llama"  # llama | video | linear | hybrid
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    extra: dict = field(default_factory=dict)  # kind-specific options (decay, hybrid period, ...)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str = "llm"
+    batch_size: int = 1
+    seq_len: int = 64
+    causal: bool = True
+    frames: int = 0
+    spatial: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one step's global input (B*L, or B*T*S for video)."""
+        if self.frames:
+            return self.batch_size * self.frames * self.spatial
+        return self.batch_size * self.seq_len
+
+
+@dataclass(frozen=True)
+class Problem:
+    method: str
+    model: ModelConfig
+    workload: Workload
+    world_size: int
+    dtype: str = "float32"
+    options: dict = field(default_factory=dict)  # method.* keys other than `name`
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def elem_bytes(self) -> int:
+        return torch.empty((), dtype=self.torch_dtype).element_size()
+
+    def opt(self, key: str, default: Any = None) -> Any:
+        value = self.options.get(key, default)
+        return default if value is None else value
+
+    def with_(self, **changes: Any) -> "Problem":
+        return replace(self, **changes)

@@ -1,0 +1,150 @@
+"""Single-device reference layers and the Llama block every LLM method is checked against.
+
+The reference is deliberately plain: float64-capable math attention, no fused kernels, so that a
+parallel block that matches it is right, not merely consistent with itself.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 (or float64) so bf16 runs match a same-dtype reference.
+        xf = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y.to(x.dtype) * self.weight
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [L, head_dim/2] for the given global token positions (any order)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x [B, L, heads, D] by the position angles."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden: int, ffn_hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(hidden, ffn_hidden, bias=False)  # gate
+        self.w3 = nn.Linear(hidden, ffn_hidden, bias=False)  # up
+        self.w2 = nn.Linear(ffn_hidden, hidden, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Reference softmax attention on [B, L, H, D] / [B, L, Hkv, D]; GQA by repeating kv heads."""
+    rep = q.shape[2] // k.shape[2]
+    k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    if causal:
+        L = q.shape[1]
+        mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wq = nn.Linear(cfg.hidden, cfg.heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None) -> torch.Tensor:
+        """`core(q, k, v, causal)` does the attention proper on this rank's tokens; sequence-parallel
+        methods swap in a distributed core and keep everything else."""
+        B, L, _ = x.shape
+        c = self.cfg
+        q = self.wq(x).view(B, L, c.heads, c.head_dim)
+        k = self.wk(x).view(B, L, c.kv_heads, c.head_dim)
+        v = self.wv(x).view(B, L, c.kv_heads, c.head_dim)
+        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return self.wo((core or math_attention)(q, k, v, causal).reshape(B, L, -1))
+
+
+class LlamaBlock(nn.Module):
+    """Pre-norm Llama block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.hidden, cfg.ffn_hidden)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, causal, core)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class ReferenceModel(nn.Module):
+    """`layers` stacked blocks on one device; the source of every method's weights."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, causal: bool, positions: torch.Tensor | None = None,
+                core: AttentionCore | None = None) -> torch.Tensor:
+        if positions is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        for block in self.blocks:
+            x = block(x, positions, causal, core)
+        return x
+
+
+def init_weights_(model: nn.Module, seed: int) -> nn.Module:
+    """Deterministic weights from a seed: linears ~ N(0, 1/fan_in), norm weights ~ 1 + N(0, 0.1)
+    (not all ones, so a wrongly reduced norm gradient cannot hide)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) / math.sqrt(p.shape[-1]))
+    return model
+
+
+def llama_block_params(m: ModelConfig) -> int:
+    """Parameters of one Llama block: two norms, q/k/v/o projections, SwiGLU."""
+    return 2 * m.hidden + m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads) + 3 * m.hidden * m.ffn_hidden
+
+
+BLOCK_BUILDERS: dict[str, type[nn.Module]] = {"llama": LlamaBlock}
+
+
+def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float64,
+                    device: torch.device | str = "cpu") -> ReferenceModel:
+    """The single-device reference stack for `cfg.kind`, identical on every rank for a given seed."""
+    if cfg.kind not in BLOCK_BUILDERS:
+        raise KeyError(f"no reference block registered for model kind {cfg.kind!r}")
+    model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg) for _ in range(cfg.layers)])
+    return init_weights_(model.to(torch.float64), seed).to(device=device, dtype=dtype)

@@ -1,0 +1,184 @@
+"""Megatron tensor + sequence parallelism (arXiv 2205.05198).
+
+Outside attention and the MLP every rank holds a contiguous sequence shard [B, L/N, d]. Column-parallel
+linears (packed per rank as [Wq_r; Wk_r; Wv_r] and [W1_r; W3_r]) all-gather their input along the
+sequence and keep only the local shard for backward, where they gather it again (Megatron's
+memory-saving re-gather); row-parallel linears (Wo, W2) end in a reduce-scatter along the sequence.
+Per layer: 6 all-gathers + 4 reduce-scatters of one full hidden state, plus one SUM all-reduce of
+the replicated norm-weight gradients per step.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from methods import Method, register
+from methods.common import layout as layouts
+from methods.common.attention import attention
+from methods.common.collectives import all_gather_dim, reduce_scatter_dim, reduce_scatter_seq, sum_grads
+from methods.common.config import InvalidConfig, Problem
+from methods.common.cost import CommCost
+from methods.common.layers import apply_rope, rope_cos_sin
+
+
+class _ColumnLinearSP(torch.autograd.Function):
+    """y = all_gather_seq(x) @ W^T, saving only the local x; backward re-gathers x for dW and
+    reduce-scatters dx."""
+
+    @staticmethod
+    def forward(ctx, x_local, weight, group):
+        ctx.group = group
+        ctx.save_for_backward(x_local, weight)
+        return all_gather_dim(x_local, 1, group) @ weight.t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_local, weight = ctx.saved_tensors
+        x_full = all_gather_dim(x_local, 1, ctx.group)  # the re-gather
+        dx_local = reduce_scatter_dim(dy @ weight, 1, ctx.group)
+        dweight = dy.flatten(0, 1).t() @ x_full.flatten(0, 1)
+        return dx_local, dweight, None
+
+
+def column_linear_sp(x_local: torch.Tensor, weight: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    return _ColumnLinearSP.apply(x_local, weight, group)
+
+
+def rows(weight: torch.Tensor, rank: int, n: int) -> torch.Tensor:
+    """Rank's contiguous block of output rows of a [out, in] weight."""
+    return weight.chunk(n, dim=0)[rank]
+
+
+def cols(weight: torch.Tensor, rank: int, n: int) -> torch.Tensor:
+    return weight.chunk(n, dim=1)[rank]
+
+
+class TensorParallelAttention(nn.Module):
+    """Megatron attention: packed per-rank QKV column linear, local heads over the whole sequence,
+    row-parallel Wo with a reduce-scatter back to the sequence shard."""
+
+    def __init__(self, ref_attn: nn.Module, group: dist.ProcessGroup):
+        super().__init__()
+        c, n, r = ref_attn.cfg, dist.get_world_size(group), dist.get_rank(group)
+        self.cfg, self.group = c, group
+        self.heads, self.kv_heads = c.heads // n, c.kv_heads // n
+        self.wqkv = nn.Parameter(torch.cat([rows(ref_attn.wq.weight, r, n), rows(ref_attn.wk.weight, r, n),
+                                            rows(ref_attn.wv.weight, r, n)]).detach().clone())
+        self.wo = nn.Parameter(cols(ref_attn.wo.weight, r, n).detach().clone())
+
+    def forward(self, x_local: torch.Tensor, causal: bool) -> torch.Tensor:
+        c = self.cfg
+        qkv = column_linear_sp(x_local, self.wqkv, self.group)  # [B, L, (h + 2 hkv) D]
+        B, L, _ = qkv.shape
+        q, k, v = qkv.split([self.heads * c.head_dim, self.kv_heads * c.head_dim, self.kv_heads * c.head_dim], -1)
+        q, k, v = q.view(B, L, -1, c.head_dim), k.view(B, L, -1, c.head_dim), v.view(B, L, -1, c.head_dim)
+        cos, sin = rope_cos_sin(torch.arange(L, device=qkv.device), c.head_dim, c.rope_theta, qkv.dtype)
+        o = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, causal)
+        return reduce_scatter_seq(o.reshape(B, L, -1) @ self.wo.t(), self.group)
+
+    def full_grads(self, prefix: str) -> dict[str, torch.Tensor]:
+        c, hd = self.cfg, self.cfg.head_dim
+        gq, gk, gv = self.wqkv.grad.split([self.heads * hd, self.kv_heads * hd, self.kv_heads * hd], 0)
+        return {f"{prefix}.wq.weight": all_gather_dim(gq, 0, self.group),
+                f"{prefix}.wk.weight": all_gather_dim(gk, 0, self.group),
+                f"{prefix}.wv.weight": all_gather_dim(gv, 0, self.group),
+                f"{prefix}.wo.weight": all_gather_dim(self.wo.grad, 1, self.group)}
+
+
+class TensorParallelMLP(nn.Module):
+    def __init__(self, ref_mlp: nn.Module, group: dist.ProcessGroup):
+        super().__init__()
+        n, r = dist.get_world_size(group), dist.get_rank(group)
+        self.group = group
+        self.w13 = nn.Parameter(torch.cat([rows(ref_mlp.w1.weight, r, n), rows(ref_mlp.w3.weight, r, n)]).detach().clone())
+        self.w2 = nn.Parameter(cols(ref_mlp.w2.weight, r, n).detach().clone())
+
+    def forward(self, x_local: torch.Tensor) -> torch.Tensor:
+        gate, up = column_linear_sp(x_local, self.w13, self.group).chunk(2, dim=-1)
+        return reduce_scatter_seq((F.silu(gate) * up) @ self.w2.t(), self.group)
+
+    def full_grads(self, prefix: str) -> dict[str, torch.Tensor]:
+        g1, g3 = self.w13.grad.chunk(2, dim=0)
+        return {f"{prefix}.w1.weight": all_gather_dim(g1, 0, self.group),
+                f"{prefix}.w3.weight": all_gather_dim(g3, 0, self.group),
+                f"{prefix}.w2.weight": all_gather_dim(self.w2.grad, 1, self.group)}
+
+
+class TPSPBlock(nn.Module):
+    def __init__(self, ref_block: nn.Module, group: dist.ProcessGroup):
+        super().__init__()
+        self.attn_norm = copy.deepcopy(ref_block.attn_norm)  # replicated
+        self.mlp_norm = copy.deepcopy(ref_block.mlp_norm)
+        self.attn = TensorParallelAttention(ref_block.attn, group)
+        self.mlp = TensorParallelMLP(ref_block.mlp, group)
+
+    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), causal)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TPSPModel(nn.Module):
+    def __init__(self, reference: nn.Module, causal: bool, group: dist.ProcessGroup):
+        super().__init__()
+        self.blocks = nn.ModuleList(TPSPBlock(b, group) for b in reference.blocks)
+        self.causal, self.group = causal, group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, self.causal)
+        return x
+
+    def norm_weights(self) -> list[nn.Parameter]:
+        return [p for b in self.blocks for p in (b.attn_norm.weight, b.mlp_norm.weight)]
+
+    def finish_grads(self) -> None:
+        # Norm weights are replicated but each rank normalised only its own tokens.
+        sum_grads(self.norm_weights(), self.group)
+
+    def full_grads(self) -> dict[str, torch.Tensor]:
+        grads = {}
+        for i, b in enumerate(self.blocks):
+            grads[f"blocks.{i}.attn_norm.weight"] = b.attn_norm.weight.grad
+            grads[f"blocks.{i}.mlp_norm.weight"] = b.mlp_norm.weight.grad
+            grads.update(b.attn.full_grads(f"blocks.{i}.attn"))
+            grads.update(b.mlp.full_grads(f"blocks.{i}.mlp"))
+        return grads
+
+
+# ---- layout, checks, build -------------------------------------------------------------------------
+
+def validate(p: Problem) -> None:
+    m, n = p.model, p.world_size
+    for name, value in (("heads", m.heads), ("kv_heads", m.kv_heads), ("ffn_hidden", m.ffn_hidden)):
+        if value % n:
+            raise InvalidConfig(f"{name}={value} is not divisible by the TP degree {n}: "
+                                "column-parallel linears give each rank whole heads / an equal slice")
+    layouts.check_divisible("contiguous", p.workload.seq_len, n)
+
+
+def layout(p: Problem) -> list[torch.Tensor]:
+    return layouts.make("contiguous", p.workload.seq_len, p.world_size)
+
+
+def build(p: Problem, reference: nn.Module, device: torch.device) -> TPSPModel:
+    return TPSPModel(reference, p.workload.causal, dist.group.WORLD).to(device=device, dtype=p.torch_dtype)
+
+
+# ---- cost model ------------------------------------------------------------------------------------
+
+def comm_cost(p: Problem) -> CommCost:
+    m, w, n, e = p.model, p.workload, p.world_size, p.elem_bytes
+    hidden_state = w.batch_size * w.seq_len * m.hidden * e  # S: one full [B, L, d] tensor
+    cost = CommCost()
+    cost.add("fwd", "all_gather", hidden_state, n, times=2 * m.layers)  # before QKV and W1/W3
+    cost.add("fwd", "reduce_scatter", hidden_state, n, times=2 * m.layers)  # after Wo and W2
+    cost.add("bwd", "all_gather", hidden_state, n, times=4 * m.layers)  # g-bar backward x2, re-gather x2
+    cost.add("bwd", "reduce_scatter", hidden_state, n, times=2 * m.layers)  # dx of both column linears
+    return cost.add("bwd", "all_reduce", 2 * m.layers * m.hidden * e, n)  # norm-weight gradients
+
+
+register(Method("tp_sp", validate=validate, layout=layout, build=build, comm_cost=comm_cost))
