@@ -11,7 +11,8 @@ from .groups import options
 
 def for_workload(workload: str) -> list[str]:
     configured = set(options("method"))
-    return [name for name, m in sorted(methods.REGISTRY.items()) if workload in m.workloads and name in configured]
+    return [name for name, variants in sorted(methods.REGISTRY.items())
+            if name in configured and any(workload in m.workloads for m in variants)]
 
 
 if __name__ == "__main__":

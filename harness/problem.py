@@ -26,7 +26,8 @@ def problem_from_cfg(cfg: DictConfig) -> Problem:
         raise InvalidConfig(f"world_size must be a positive integer, got {world_size!r}")
     if cfg.dtype not in DTYPES:
         raise InvalidConfig(f"dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
-    method = methods.get(cfg.method.name)
+    if cfg.method.name not in methods.REGISTRY:
+        raise InvalidConfig(f"unknown method {cfg.method.name!r}; registered: {', '.join(methods.names())}")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model = ModelConfig(**{k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg},
                         extra={k: v for k, v in model_cfg.items() if k not in MODEL_KEYS})
@@ -36,15 +37,9 @@ def problem_from_cfg(cfg: DictConfig) -> Problem:
         value = workload.batch_size if key == "batch_size" else model.layers
         if value < 1:
             raise InvalidConfig(f"{key} must be at least 1, got {value}")
-    if workload.name not in method.workloads:
-        raise InvalidConfig(f"method {method.name!r} does not run workload {workload.name!r} "
-                            f"(supported: {', '.join(method.workloads)})")
-    if model.kind not in method.model_kinds:
-        raise InvalidConfig(f"method {method.name!r} does not run {model.kind!r} models such as {model.name!r} "
-                            f"(supported kinds: {', '.join(method.model_kinds)})")
     options = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
-    problem = Problem(method.name, model, workload, world_size, cfg.dtype, options)
-    method.validate(problem)
+    problem = Problem(cfg.method.name, model, workload, world_size, cfg.dtype, options)
+    methods.for_problem(problem).validate(problem)
     return problem
 
 

@@ -87,7 +87,7 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig) -> dic
     tflops = effective / problem.world_size / median / 1e12
     peak = (hardware.get("peak_tflops") or {}).get(problem.dtype)
     comm = _max_comm(per_rank)
-    theory = methods.get(problem.method).comm_cost(problem).as_dict()
+    theory = methods.for_problem(problem).comm_cost(problem).as_dict()
     row = {
         "step_time_ms": 1e3 * median, "step_time_ms_p10": 1e3 * _percentile(step_s, 0.1),
         "step_time_ms_p90": 1e3 * _percentile(step_s, 0.9), "step_times_ms": [1e3 * t for t in step_s],

@@ -127,7 +127,7 @@ def _counted_step(model, x, dy, device) -> tuple[torch.Tensor, CommCounter, dict
 
 def run_job(job: Job, device: torch.device) -> dict:
     p = job.problem
-    method = methods.get(p.method)
+    method = methods.for_problem(p)
     rank = dist.get_rank()
     index = method.layout(p)[rank]
     reference = build_reference(p.model, job.seed, torch.float64 if job.verify else p.torch_dtype, device)

@@ -35,20 +35,35 @@ class Method:
     model_kinds: tuple[str, ...] = ("llama",)
 
 
-REGISTRY: dict[str, Method] = {}
+# name -> variants; a method may run on several workloads / model kinds with one variant each (e.g.
+# `ulysses` on the LLM block, registered by methods/ulysses, and on the video block, registered by
+# methods/dsp from the same building blocks).
+REGISTRY: dict[str, list[Method]] = {}
 
 
 def register(method: Method) -> Method:
-    if method.name in REGISTRY:
-        raise ValueError(f"method {method.name!r} registered twice")
-    REGISTRY[method.name] = method
+    for other in REGISTRY.get(method.name, []):
+        if set(other.workloads) & set(method.workloads) and set(other.model_kinds) & set(method.model_kinds):
+            raise ValueError(f"method {method.name!r} registered twice for the same workload and model kind")
+    REGISTRY.setdefault(method.name, []).append(method)
     return method
 
 
-def get(name: str) -> Method:
-    if name not in REGISTRY:
-        raise InvalidConfig(f"unknown method {name!r}; registered: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def for_problem(p: Problem) -> Method:
+    """The variant of `p.method` that runs p's workload and model kind; InvalidConfig otherwise."""
+    if p.method not in REGISTRY:
+        raise InvalidConfig(f"unknown method {p.method!r}; registered: {', '.join(names())}")
+    for m in REGISTRY[p.method]:
+        if p.workload.name in m.workloads and p.model.kind in m.model_kinds:
+            return m
+    runs = "; ".join(f"workloads {', '.join(m.workloads)} with model kinds {', '.join(m.model_kinds)}"
+                     for m in REGISTRY[p.method])
+    raise InvalidConfig(f"method {p.method!r} does not run workload {p.workload.name!r} with model "
+                        f"{p.model.name!r} (kind {p.model.kind!r}); it runs {runs}")
 
 
 def _import_all() -> None:

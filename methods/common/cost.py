@@ -40,6 +40,12 @@ class CommCost:
             self.bytes[phase][kind] += times * bus_bytes(kind, full_bytes, n)
         return self
 
+    def __add__(self, other: "CommCost") -> "CommCost":
+        out = CommCost()
+        out += self
+        out += other
+        return out
+
     def __iadd__(self, other: "CommCost") -> "CommCost":
         for phase in PHASES:
             for kind, b in other.bytes[phase].items():

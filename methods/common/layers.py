@@ -12,9 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention
 from .config import ModelConfig
 
-AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+LocalAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+# A distributed core gets this rank's q, k, v [B, L_local, heads, D] (RoPE applied with the tokens'
+# global positions) and the layer's fast single-device kernel, and returns this rank's output rows.
+AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, LocalAttention], torch.Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -68,6 +72,11 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
 
 
 class Attention(nn.Module):
+    # single-device kernels: the plain float64-capable reference, and the fast one (LSE kernels) that
+    # parallel methods run on their local piece of the problem
+    reference_attention = staticmethod(math_attention)
+    local_attention = staticmethod(attention)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -77,8 +86,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden, bias=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None) -> torch.Tensor:
-        """`core(q, k, v, causal)` does the attention proper on this rank's tokens; sequence-parallel
-        methods swap in a distributed core and keep everything else."""
+        """Without `core` this is the single-device reference; sequence-parallel methods pass a
+        distributed core and keep everything else (norms, projections, RoPE, MLP) as it is."""
         B, L, _ = x.shape
         c = self.cfg
         q = self.wq(x).view(B, L, c.heads, c.head_dim)
@@ -86,7 +95,8 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, L, c.kv_heads, c.head_dim)
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return self.wo((core or math_attention)(q, k, v, causal).reshape(B, L, -1))
+        o = core(q, k, v, causal, self.local_attention) if core else self.reference_attention(q, k, v, causal)
+        return self.wo(o.reshape(B, L, -1))
 
 
 class LlamaBlock(nn.Module):

@@ -10,6 +10,8 @@ import torch.distributed as dist
 from torch import nn
 
 from .collectives import sum_grads
+from .config import Problem
+from .cost import CommCost
 from .layers import AttentionCore
 
 
@@ -31,3 +33,9 @@ class ReplicatedSequenceModel(nn.Module):
 
     def full_grads(self) -> dict[str, torch.Tensor]:
         return {name: p.grad for name, p in self.model.named_parameters()}
+
+
+def param_sync_cost(p: Problem, params: int) -> CommCost:
+    """Bytes of `finish_grads` for `params` replicated parameters: one SUM all-reduce of their
+    gradients (in the run's dtype) over the SP group after backward."""
+    return CommCost().add("bwd", "all_reduce", params * p.elem_bytes, p.world_size)

@@ -18,7 +18,6 @@ from torch import nn
 
 from methods import Method, register
 from methods.common import layout as layouts
-from methods.common.attention import attention
 from methods.common.collectives import all_gather_dim, reduce_scatter_dim, reduce_scatter_seq, sum_grads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
@@ -65,6 +64,7 @@ class TensorParallelAttention(nn.Module):
         super().__init__()
         c, n, r = ref_attn.cfg, dist.get_world_size(group), dist.get_rank(group)
         self.cfg, self.group = c, group
+        self.local_attention = ref_attn.local_attention  # the layer's single-device kernel
         self.heads, self.kv_heads = c.heads // n, c.kv_heads // n
         self.wqkv = nn.Parameter(torch.cat([rows(ref_attn.wq.weight, r, n), rows(ref_attn.wk.weight, r, n),
                                             rows(ref_attn.wv.weight, r, n)]).detach().clone())
@@ -77,7 +77,7 @@ class TensorParallelAttention(nn.Module):
         q, k, v = qkv.split([self.heads * c.head_dim, self.kv_heads * c.head_dim, self.kv_heads * c.head_dim], -1)
         q, k, v = q.view(B, L, -1, c.head_dim), k.view(B, L, -1, c.head_dim), v.view(B, L, -1, c.head_dim)
         cos, sin = rope_cos_sin(torch.arange(L, device=qkv.device), c.head_dim, c.rope_theta, qkv.dtype)
-        o = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, causal)
+        o = self.local_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, causal)
         return reduce_scatter_seq(o.reshape(B, L, -1) @ self.wo.t(), self.group)
 
     def full_grads(self, prefix: str) -> dict[str, torch.Tensor]:

@@ -15,12 +15,11 @@ import torch.distributed as dist
 
 from methods import Method, register
 from methods.common import layout as layouts
-from methods.common.attention import attention
 from methods.common.collectives import heads_to_seq, seq_to_heads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import llama_block_params
-from methods.common.replicated import ReplicatedSequenceModel
+from methods.common.layers import LocalAttention, llama_block_params
+from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
 
 def kv_heads_exchanged(kv_heads: int, n: int) -> int:
@@ -28,15 +27,16 @@ def kv_heads_exchanged(kv_heads: int, n: int) -> int:
     return kv_heads if kv_heads >= n else n
 
 
-def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention,
                       group: dist.ProcessGroup) -> torch.Tensor:
-    """q [B, L/N, H, D], k/v [B, L/N, Hkv, D] on a contiguous shard -> out [B, L/N, H, D]."""
+    """q [B, L/N, H, D], k/v [B, L/N, Hkv, D] on a contiguous shard -> out [B, L/N, H, D]; `local` is
+    the layer's single-device kernel, run on a head group over the whole sequence."""
     n = dist.get_world_size(group)
     if k.shape[2] < n:
         rep = n // k.shape[2]
         k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     q, k, v = (seq_to_heads(t, group) for t in (q, k, v))  # [B, L, heads/N, D]
-    return heads_to_seq(attention(q, k, v, causal), group)
+    return heads_to_seq(local(q, k, v, causal), group)
 
 
 # ---- layout and checks -----------------------------------------------------------------------------
@@ -85,8 +85,7 @@ def comm_cost(p: Problem) -> CommCost:
     cost = CommCost()
     for _ in range(m.layers):
         cost += attention_cost(w.batch_size, w.seq_len // n, m.heads, m.kv_heads, m.head_dim, n, e)
-    # replicated weights: one flat SUM all-reduce of every gradient after backward
-    return cost.add("bwd", "all_reduce", m.layers * llama_block_params(m) * e, n)
+    return cost + param_sync_cost(p, m.layers * llama_block_params(m))
 
 
 register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost))
