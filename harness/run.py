@@ -127,8 +127,8 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
     try:
         if cfg.mode != "real":
             raise InvalidConfig(f"mode {cfg.mode!r} is not available yet; use mode=real")
-        problem = problem_from_cfg(cfg)
         backend = resolve_backend(cfg)
+        problem = problem_from_cfg(cfg)
     except InvalidConfig as e:
         return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
     row.update(backend=backend, device_name=_device_name(backend))
