@@ -12,6 +12,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 try:  # optional: flash-attn 2 when installed (CUDA only)
     from flash_attn import flash_attn_interface as _fa
@@ -189,6 +190,21 @@ def attn_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
 def attn_backward(dout, q, k, v, out, lse, causal) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) given the final out and lse of the rows of q."""
     return KERNELS[choose_backend(q)][1](dout, q, k, v, out, lse, causal)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype for partial outputs, LSEs and gradient sums: float32, or float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def merge_lse(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor,
+              block_lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine attention over two disjoint key sets: (out [B, L, H, D], lse [B, H, L]) so far and a
+    new block's. The sigmoid form never exponentiates a large LSE difference."""
+    block_lse = block_lse.to(lse.dtype)
+    new_lse = lse - F.logsigmoid(lse - block_lse)
+    weight = torch.sigmoid(block_lse - lse).transpose(1, 2).unsqueeze(-1)  # [B, L, H, 1]
+    return out - weight * (out - block_out.to(out.dtype)), new_lse
 
 
 class _Attention(torch.autograd.Function):
