@@ -19,7 +19,7 @@ from methods.common.attention import acc_dtype, attn_backward, attn_forward, mer
 from methods.common.collectives import all_gather_dim, reduce_scatter_dim
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import LocalAttention, llama_block_params
+from methods.common.layers import LocalAttention, llama_block_shapes
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
 
@@ -111,7 +111,7 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     group, indices = dist.group.WORLD, layout(p)
     core = partial(allgather_attention, group=group, indices=indices, chunks=layouts.CHUNKS_PER_RANK[cp_layout(p)])
     return ReplicatedSequenceModel(reference, indices[dist.get_rank()], p.workload.causal, core, group,
-                                   p.torch_dtype, device)
+                                   p.torch_dtype, device, zero3=p.opt("zero3", False))
 
 
 # ---- cost model ------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def comm_cost(p: Problem) -> CommCost:
     cost = CommCost()
     for _ in range(m.layers):
         cost += attention_cost(w.batch_size, w.seq_len, m.kv_heads, m.head_dim, p.world_size, p.torch_dtype)
-    return cost + param_sync_cost(p, m.layers * llama_block_params(m))
+    return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
 register(Method("allgather_cp", validate=validate, layout=layout, build=build, comm_cost=comm_cost))

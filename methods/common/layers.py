@@ -143,9 +143,15 @@ def init_weights_(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def llama_block_shapes(m: ModelConfig) -> list[tuple[int, ...]]:
+    """Parameter shapes of one Llama block, in registration order."""
+    d, q, kv = m.hidden, m.heads * m.head_dim, m.kv_heads * m.head_dim
+    return [(d,), (q, d), (kv, d), (kv, d), (d, q), (d,), (m.ffn_hidden, d), (m.ffn_hidden, d), (d, m.ffn_hidden)]
+
+
 def llama_block_params(m: ModelConfig) -> int:
     """Parameters of one Llama block: two norms, q/k/v/o projections, SwiGLU."""
-    return 2 * m.hidden + m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads) + 3 * m.hidden * m.ffn_hidden
+    return sum(math.prod(s) for s in llama_block_shapes(m))
 
 
 BLOCK_BUILDERS: dict[str, type[nn.Module]] = {"llama": LlamaBlock}

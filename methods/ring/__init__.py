@@ -19,7 +19,7 @@ from methods.common import layout as layouts
 from methods.common.attention import acc_dtype, attn_backward, attn_forward, merge_lse
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import LocalAttention, llama_block_params
+from methods.common.layers import LocalAttention, llama_block_shapes
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 from methods.common.ring_comm import RingComm
 
@@ -141,7 +141,8 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     group = dist.group.WORLD
     core = partial(ring_attention, group=group, layout=ring_layout(p))
     positions = layout(p)[dist.get_rank()]
-    return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, group, p.torch_dtype, device)
+    return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, group, p.torch_dtype, device,
+                                   zero3=p.opt("zero3", False))
 
 
 # ---- cost model ------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def comm_cost(p: Problem) -> CommCost:
     cost = CommCost()
     for _ in range(m.layers):
         cost += attention_cost(w.batch_size, w.seq_len // n, m.kv_heads, m.head_dim, n, p.torch_dtype)
-    return cost + param_sync_cost(p, m.layers * llama_block_params(m))
+    return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
 register(Method("ring", validate=validate, layout=layout, build=build, comm_cost=comm_cost))

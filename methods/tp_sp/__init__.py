@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -60,15 +62,15 @@ class TensorParallelAttention(nn.Module):
     """Megatron attention: packed per-rank QKV column linear, local heads over the whole sequence,
     row-parallel Wo with a reduce-scatter back to the sequence shard."""
 
-    def __init__(self, ref_attn: nn.Module, group: dist.ProcessGroup):
+    def __init__(self, ref_attn: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device):
         super().__init__()
         c, n, r = ref_attn.cfg, dist.get_world_size(group), dist.get_rank(group)
         self.cfg, self.group = c, group
         self.local_attention = ref_attn.local_attention  # the layer's single-device kernel
         self.heads, self.kv_heads = c.heads // n, c.kv_heads // n
-        self.wqkv = nn.Parameter(torch.cat([rows(ref_attn.wq.weight, r, n), rows(ref_attn.wk.weight, r, n),
-                                            rows(ref_attn.wv.weight, r, n)]).detach().clone())
-        self.wo = nn.Parameter(cols(ref_attn.wo.weight, r, n).detach().clone())
+        wqkv = torch.cat([rows(ref_attn.wq.weight, r, n), rows(ref_attn.wk.weight, r, n), rows(ref_attn.wv.weight, r, n)])
+        self.wqkv = _param(wqkv, dtype, device)
+        self.wo = _param(cols(ref_attn.wo.weight, r, n), dtype, device)
 
     def forward(self, x_local: torch.Tensor, causal: bool) -> torch.Tensor:
         c = self.cfg
@@ -81,7 +83,7 @@ class TensorParallelAttention(nn.Module):
         return reduce_scatter_seq(o.reshape(B, L, -1) @ self.wo.t(), self.group)
 
     def full_grads(self, prefix: str) -> dict[str, torch.Tensor]:
-        c, hd = self.cfg, self.cfg.head_dim
+        hd = self.cfg.head_dim
         gq, gk, gv = self.wqkv.grad.split([self.heads * hd, self.kv_heads * hd, self.kv_heads * hd], 0)
         return {f"{prefix}.wq.weight": all_gather_dim(gq, 0, self.group),
                 f"{prefix}.wk.weight": all_gather_dim(gk, 0, self.group),
@@ -90,12 +92,12 @@ class TensorParallelAttention(nn.Module):
 
 
 class TensorParallelMLP(nn.Module):
-    def __init__(self, ref_mlp: nn.Module, group: dist.ProcessGroup):
+    def __init__(self, ref_mlp: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device):
         super().__init__()
         n, r = dist.get_world_size(group), dist.get_rank(group)
         self.group = group
-        self.w13 = nn.Parameter(torch.cat([rows(ref_mlp.w1.weight, r, n), rows(ref_mlp.w3.weight, r, n)]).detach().clone())
-        self.w2 = nn.Parameter(cols(ref_mlp.w2.weight, r, n).detach().clone())
+        self.w13 = _param(torch.cat([rows(ref_mlp.w1.weight, r, n), rows(ref_mlp.w3.weight, r, n)]), dtype, device)
+        self.w2 = _param(cols(ref_mlp.w2.weight, r, n), dtype, device)
 
     def forward(self, x_local: torch.Tensor) -> torch.Tensor:
         gate, up = column_linear_sp(x_local, self.w13, self.group).chunk(2, dim=-1)
@@ -108,13 +110,24 @@ class TensorParallelMLP(nn.Module):
                 f"{prefix}.w2.weight": all_gather_dim(self.w2.grad, 1, self.group)}
 
 
+def _param(weight: torch.Tensor, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
+    return nn.Parameter(weight.detach().to(device=device, dtype=dtype, copy=True))
+
+
+MLPBuilder = Callable[[nn.Module, dist.ProcessGroup, torch.dtype, torch.device], nn.Module]
+
+
 class TPSPBlock(nn.Module):
-    def __init__(self, ref_block: nn.Module, group: dist.ProcessGroup):
+    """Norms and residuals on the sequence shard; tensor-parallel attention; the MLP from `make_mlp`
+    (tensor-parallel here, ZeRO-3 sequence-parallel in Odysseus)."""
+
+    def __init__(self, ref_block: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device,
+                 make_mlp: MLPBuilder = TensorParallelMLP):
         super().__init__()
-        self.attn_norm = copy.deepcopy(ref_block.attn_norm)  # replicated
-        self.mlp_norm = copy.deepcopy(ref_block.mlp_norm)
-        self.attn = TensorParallelAttention(ref_block.attn, group)
-        self.mlp = TensorParallelMLP(ref_block.mlp, group)
+        self.attn_norm = copy.deepcopy(ref_block.attn_norm).to(device=device, dtype=dtype)  # replicated
+        self.mlp_norm = copy.deepcopy(ref_block.mlp_norm).to(device=device, dtype=dtype)
+        self.attn = TensorParallelAttention(ref_block.attn, group, dtype, device)
+        self.mlp = make_mlp(ref_block.mlp, group, dtype, device)
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), causal)
@@ -122,9 +135,10 @@ class TPSPBlock(nn.Module):
 
 
 class TPSPModel(nn.Module):
-    def __init__(self, reference: nn.Module, causal: bool, group: dist.ProcessGroup):
+    def __init__(self, reference: nn.Module, causal: bool, group: dist.ProcessGroup, dtype: torch.dtype,
+                 device: torch.device, make_mlp: MLPBuilder = TensorParallelMLP):
         super().__init__()
-        self.blocks = nn.ModuleList(TPSPBlock(b, group) for b in reference.blocks)
+        self.blocks = nn.ModuleList(TPSPBlock(b, group, dtype, device, make_mlp) for b in reference.blocks)
         self.causal, self.group = causal, group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,13 +165,24 @@ class TPSPModel(nn.Module):
 
 # ---- layout, checks, build -------------------------------------------------------------------------
 
-def validate(p: Problem) -> None:
+def check_heads(p: Problem) -> None:
     m, n = p.model, p.world_size
-    for name, value in (("heads", m.heads), ("kv_heads", m.kv_heads), ("ffn_hidden", m.ffn_hidden)):
+    for name, value in (("heads", m.heads), ("kv_heads", m.kv_heads)):
         if value % n:
             raise InvalidConfig(f"{name}={value} is not divisible by the TP degree {n}: "
-                                "column-parallel linears give each rank whole heads / an equal slice")
+                                "column-parallel linears give each rank whole heads")
     layouts.check_divisible("contiguous", p.workload.seq_len, n)
+
+
+def validate(p: Problem) -> None:
+    if p.opt("zero3", False):
+        raise InvalidConfig("method.zero3 is not supported by tp_sp: its weights are already sharded by the TP degree")
+    check_heads(p)
+    m, n = p.model, p.world_size
+    for name, value in (("ffn_hidden", m.ffn_hidden),):
+        if value % n:
+            raise InvalidConfig(f"{name}={value} is not divisible by the TP degree {n}: "
+                                "column-parallel linears give each rank an equal slice")
 
 
 def layout(p: Problem) -> list[torch.Tensor]:
@@ -165,20 +190,33 @@ def layout(p: Problem) -> list[torch.Tensor]:
 
 
 def build(p: Problem, reference: nn.Module, device: torch.device) -> TPSPModel:
-    return TPSPModel(reference, p.workload.causal, dist.group.WORLD).to(device=device, dtype=p.torch_dtype)
+    return TPSPModel(reference, p.workload.causal, dist.group.WORLD, p.torch_dtype, device)
 
 
 # ---- cost model ------------------------------------------------------------------------------------
 
+def hidden_state_bytes(p: Problem) -> int:
+    """S: one full [B, L, d] hidden state, the unit of every TP-SP collective."""
+    return p.workload.batch_size * p.workload.seq_len * p.model.hidden * p.elem_bytes
+
+
+def attention_cost(p: Problem) -> CommCost:
+    """Per layer: g before QKV (AG fwd, RS bwd), g-bar after Wo (RS fwd, AG bwd), the re-gather (AG bwd)."""
+    s, n = hidden_state_bytes(p), p.world_size
+    return (CommCost().add("fwd", "all_gather", s, n).add("fwd", "reduce_scatter", s, n)
+            .add("bwd", "all_gather", s, n, times=2).add("bwd", "reduce_scatter", s, n))
+
+
+def norm_sync_cost(p: Problem) -> CommCost:
+    """One SUM all-reduce of the two norm weights' gradients of every layer."""
+    return CommCost().add("bwd", "all_reduce", 2 * p.model.layers * p.model.hidden * p.elem_bytes, p.world_size)
+
+
 def comm_cost(p: Problem) -> CommCost:
-    m, w, n, e = p.model, p.workload, p.world_size, p.elem_bytes
-    hidden_state = w.batch_size * w.seq_len * m.hidden * e  # S: one full [B, L, d] tensor
     cost = CommCost()
-    cost.add("fwd", "all_gather", hidden_state, n, times=2 * m.layers)  # before QKV and W1/W3
-    cost.add("fwd", "reduce_scatter", hidden_state, n, times=2 * m.layers)  # after Wo and W2
-    cost.add("bwd", "all_gather", hidden_state, n, times=4 * m.layers)  # g-bar backward x2, re-gather x2
-    cost.add("bwd", "reduce_scatter", hidden_state, n, times=2 * m.layers)  # dx of both column linears
-    return cost.add("bwd", "all_reduce", 2 * m.layers * m.hidden * e, n)  # norm-weight gradients
+    for _ in range(p.model.layers):
+        cost += attention_cost(p) + attention_cost(p)  # the MLP's column/row pair moves the same
+    return cost + norm_sync_cost(p)
 
 
 register(Method("tp_sp", validate=validate, layout=layout, build=build, comm_cost=comm_cost))

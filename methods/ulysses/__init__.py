@@ -18,7 +18,7 @@ from methods.common import layout as layouts
 from methods.common.collectives import heads_to_seq, seq_to_heads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import LocalAttention, llama_block_params
+from methods.common.layers import LocalAttention, llama_block_shapes
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
 
@@ -62,7 +62,8 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     group = dist.group.WORLD
     core = partial(ulysses_attention, group=group)
     positions = layout(p)[dist.get_rank()]
-    return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, group, p.torch_dtype, device)
+    return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, group, p.torch_dtype, device,
+                                   zero3=p.opt("zero3", False))
 
 
 # ---- cost model ------------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def comm_cost(p: Problem) -> CommCost:
     cost = CommCost()
     for _ in range(m.layers):
         cost += attention_cost(w.batch_size, w.seq_len // n, m.heads, m.kv_heads, m.head_dim, n, e)
-    return cost + param_sync_cost(p, m.layers * llama_block_params(m))
+    return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
 register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost))

@@ -20,7 +20,7 @@ from methods.common import layout as layouts
 from methods.common.collectives import heads_to_seq, seq_to_heads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import LocalAttention, llama_block_params
+from methods.common.layers import LocalAttention, llama_block_shapes
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 from methods.ring import attention_cost as ring_cost
 from methods.ring import ring_attention
@@ -104,7 +104,7 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     core = partial(usp_attention, ulysses_group=ulysses_group, ring_group=ring_group, layout=ring_layout(p))
     positions = layout(p)[dist.get_rank()]
     return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, dist.group.WORLD,
-                                   p.torch_dtype, device)
+                                   p.torch_dtype, device, zero3=p.opt("zero3", False))
 
 
 # ---- cost model ------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def comm_cost(p: Problem) -> CommCost:
     for _ in range(m.layers):
         cost += ulysses_cost(w.batch_size, w.seq_len // n, m.heads, m.kv_heads, m.head_dim, ud, p.elem_bytes)
         cost += ring_cost(w.batch_size, w.seq_len // rd, kv_per_ring_rank, m.head_dim, rd, p.torch_dtype)
-    return cost + param_sync_cost(p, m.layers * llama_block_params(m))
+    return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
 register(Method("usp", validate=validate, layout=layout, build=build, comm_cost=comm_cost))
