@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sys
+from functools import cache
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CHECKED_GROUPS = ("method", "model", "workload", "hardware")
@@ -13,11 +16,27 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+@cache
+def option_keys(group: str, choice: str) -> frozenset[str]:
+    """The keys a group's config file defines (the options it accepts)."""
+    return frozenset(OmegaConf.load(CONF_DIR / group / f"{choice}.yaml").keys())
+
+
+def default_choice(group: str) -> str:
+    for entry in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").defaults):
+        if isinstance(entry, dict) and group in entry:
+            return entry[group]
+    raise KeyError(group)
+
+
 def rewrite_unknown_choices(argv: list[str]) -> list[str]:
-    """Single runs: `method=foo` becomes `~method +unknown_method=foo`, so the job composes and writes
-    an `invalid` row naming the choice. Multirun: an unknown choice stops the whole command up front."""
+    """Turn what Hydra would reject while composing (no job, no row) into something the job refuses
+    with a row. Single runs: `method=foo` becomes `~method +unknown_method=foo`, and an override of an
+    option the chosen config does not define (`method.bogus=1`) becomes `+unknown_options=[...]`, so
+    the job writes an `invalid` row naming it. Multirun: either stops the whole command up front."""
     multirun = "-m" in argv or "--multirun" in argv
-    out = []
+    chosen = {g: default_choice(g) for g in CHECKED_GROUPS}
+    out, unknown_options = [], []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key in CHECKED_GROUPS:
@@ -27,5 +46,18 @@ def rewrite_unknown_choices(argv: list[str]) -> list[str]:
             if bad:
                 out += [f"~{key}", f"+unknown_{key}={value}"]
                 continue
+            chosen[key] = value
         out.append(arg)
+    for arg in list(out):
+        key, sep, _ = arg.partition("=")
+        group, dot, option = key.partition(".")
+        if sep and dot and group in CHECKED_GROUPS and "," not in chosen[group] and chosen[group] in options(group):
+            if option.split(".")[0] not in option_keys(group, chosen[group]):
+                if multirun:
+                    sys.exit(f"error: unknown option {key!r}; {group} {chosen[group]!r} accepts: "
+                             f"{', '.join(sorted(option_keys(group, chosen[group])))}")
+                out.remove(arg)
+                unknown_options.append(key)
+    if unknown_options:
+        out.append(f"+unknown_options=[{','.join(unknown_options)}]")
     return out

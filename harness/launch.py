@@ -7,10 +7,17 @@ about a second instead of one torch import per rank."""
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.util
 import os
+import shutil
+import tempfile
+import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
+
+import psutil
 
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -28,17 +35,72 @@ def _start_method() -> str:
     return "spawn"
 
 
-def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str | Path | None = None) -> dict[int, Any]:
+class LaunchTimeout(RuntimeError):
+    """The watchdog ended a launch that ran past its time limit."""
+
+
+def kill_ranks(run_id: str) -> int:
+    """Kill every process started for the launch `run_id` (found by the TORCHELASTIC_RUN_ID the
+    launcher puts in each rank's environment). Returns how many were killed."""
+    killed = 0
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("TORCHELASTIC_RUN_ID") == run_id and proc.pid != os.getpid():
+                proc.kill()
+                killed += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return killed
+
+
+@contextmanager
+def _private_tempdir():
+    """Point this process's temporary files (torch's per-rank error files) at a directory that is
+    removed afterwards, so no launch leaves files behind, whatever happened."""
+    multiprocessing.util.get_temp_dir()  # multiprocessing's own dir (forkserver socket) stays where it is
+    path, previous = tempfile.mkdtemp(prefix="spbench-launch-"), tempfile.tempdir
+    tempfile.tempdir = path
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str | Path | None = None,
+           timeout_s: float | None = None) -> dict[int, Any]:
     """Run `entry(*args)` on `world_size` local ranks; returns {rank: return value}.
-    Raises ChildFailedError (with every failed rank's error) if any rank fails."""
-    logs = DefaultLogsSpecs(log_dir=str(log_dir) if log_dir else None, tee=Std.ALL, local_ranks_filter={0})
-    config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=world_size, run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-        start_method=_start_method(), monitor_interval=0.1, logs_specs=logs,
-    )
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # elastic sets it anyway; silence its warning
-    return elastic_launch(config, entry)(*args)
+    Raises ChildFailedError (with every failed rank's error) if any rank fails, and LaunchTimeout if
+    the launch is still running after `timeout_s` (its ranks are killed first)."""
+    run_id = str(uuid.uuid4())
+    expired = threading.Event()
+
+    def watchdog() -> None:
+        expired.set()
+        kill_ranks(run_id)
+
+    with _private_tempdir() as tmp:
+        logs = DefaultLogsSpecs(log_dir=str(log_dir or tmp), tee=Std.ALL, local_ranks_filter={0})
+        config = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=world_size, run_id=run_id,
+            rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+            start_method=_start_method(), monitor_interval=0.1, logs_specs=logs,
+        )
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # elastic sets it anyway; silence its warning
+        timer = threading.Timer(timeout_s, watchdog) if timeout_s else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            return elastic_launch(config, entry)(*args)
+        except ChildFailedError:
+            if expired.is_set():
+                raise LaunchTimeout(f"ranks still running after {timeout_s:g} s (bench.timeout_s); killed") from None
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+            kill_ranks(run_id)  # nothing of this launch outlives it
 
 
-__all__ = ["launch", "ChildFailedError"]
+__all__ = ["launch", "ChildFailedError", "LaunchTimeout"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 import methods
+
+from .groups import CHECKED_GROUPS, option_keys, options
 from methods.common.config import DTYPES, InvalidConfig, ModelConfig, Problem, Workload
 
 MODEL_KEYS = ("name", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "layers", "kind", "rope_theta", "norm_eps")
@@ -12,11 +14,18 @@ WORKLOAD_KEYS = ("name", "batch_size", "seq_len", "causal", "frames", "spatial")
 
 
 def _unknown_choice(cfg: DictConfig) -> None:
-    for group in ("method", "model", "workload", "hardware"):
+    for group in CHECKED_GROUPS:
         bad = cfg.get(f"unknown_{group}")
         if bad is not None:
-            from .groups import options
             raise InvalidConfig(f"unknown {group} {bad!r}; available: {', '.join(options(group))}")
+    unknown = list(cfg.get("unknown_options") or [])
+    for group in CHECKED_GROUPS:  # options added with `+group.key=...` that the group's config lacks
+        choice = cfg[group].get("name")
+        if choice in options(group):
+            unknown += [f"{group}.{k}" for k in cfg[group] if k not in option_keys(group, choice)]
+    if unknown:
+        raise InvalidConfig(f"unknown option(s) {', '.join(unknown)}: not defined in "
+                            + ", ".join(f"conf/{k.split('.')[0]}/{cfg[k.split('.')[0]].get('name')}.yaml" for k in unknown))
 
 
 def problem_from_cfg(cfg: DictConfig) -> Problem:
@@ -47,6 +56,8 @@ def resolve_backend(cfg: DictConfig) -> str:
     """auto: NCCL when CUDA has a GPU per rank, else gloo. An explicit NCCL without enough GPUs is refused."""
     import torch
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.backend == "nccl" and not torch.cuda.is_available():
+        raise InvalidConfig("backend=nccl needs CUDA, and this machine has none; use backend=gloo (or auto)")
     if cfg.backend == "auto":
         return "nccl" if gpus >= cfg.world_size else "gloo"
     if cfg.backend == "nccl" and gpus < cfg.world_size:

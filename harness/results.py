@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -29,10 +30,19 @@ def read_row(path: str | Path) -> dict:
 
 
 def load(directory: str | Path) -> pd.DataFrame:
-    """Every row under `directory` (recursively) as one DataFrame, with the row's `job_dir`."""
-    rows = []
+    """Every row under `directory` (recursively) as one DataFrame, with the row's `job_dir`. Files that
+    cannot be read are reported by path (a warning, and `df.attrs["unreadable"]`), never dropped silently."""
+    rows, unreadable = [], []
     for path in sorted(Path(directory).rglob(ROW_FILE)):
-        row = read_row(path)
+        try:
+            row = read_row(path)
+        except (OSError, ValueError) as e:
+            unreadable.append(f"{path}: {e}")
+            continue
         row["job_dir"] = str(path.parent)
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["unreadable"] = unreadable
+    if unreadable:
+        warnings.warn(f"{len(unreadable)} unreadable result file(s): " + "; ".join(unreadable), stacklevel=2)
+    return df

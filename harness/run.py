@@ -5,10 +5,13 @@ exactly one row (`result.json` in its job directory) whatever happens."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import platform
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -22,10 +25,10 @@ from methods.common.config import InvalidConfig, Problem
 
 from .flops import step_flops
 from .groups import CONF_DIR, rewrite_unknown_choices
-from .launch import ChildFailedError, launch
+from .launch import ChildFailedError, LaunchTimeout, launch
 from .problem import problem_from_cfg, resolve_backend
-from .results import write_row
-from .worker import Job, entry
+from .results import ROW_FILE, read_row, write_row
+from .worker import Fault, Job, entry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,21 +109,65 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig) -> dic
     return row
 
 
+# what a rank reports when a *peer* failed or hung: never the cause of a failure
+FOLLOW_ON = ("connection closed", "connection reset", "closed by peer", "broken pipe", "timed out", "timeout",
+             "signal 15", "signal 9", "sigterm", "sigkill", "terminated", "exitcode: -9", "exitcode: -15")
+
+
+def _failure_text(failure) -> str:
+    """The rank's error message, then its traceback (the launcher's error file holds both)."""
+    message = failure.message
+    if isinstance(message, dict):  # {"message": "...", "extraInfo": {"py_callstack": "..."}}
+        stack = message.get("extraInfo", {}).get("py_callstack", "")
+        message = f"{message.get('message', '')}\n{stack}"
+    return str(message).strip() or f"exit code {failure.exitcode}"
+
+
 def classify_failure(err: ChildFailedError) -> tuple[str, str]:
-    """(status, reason) from every failed rank's message, not just the first follow-on error."""
-    failures = sorted(err.failures.items())
-    for rank, failure in failures:
-        if "OutOfMemoryError" in failure.message or "out of memory" in failure.message.lower():
+    """(status, reason) from every failed rank's error, not just the first follow-on error: any
+    out-of-memory wins; then a rank whose error is its own (not a peer's connection loss or a
+    collective timeout) is the cause; only follow-on errors everywhere means a hang."""
+    failures = {rank: _failure_text(f) for rank, f in sorted(err.failures.items())}
+    for rank, text in failures.items():
+        if "OutOfMemoryError" in text or "out of memory" in text.lower():
             return "oom", f"rank {rank}: out of memory"
-    rank, failure = failures[0]
-    head = failure.message.strip().splitlines()[-1] if failure.message.strip() else f"exit code {failure.exitcode}"
-    return "error", f"rank {rank} failed: {head}"[:2000]
+    for rank, text in failures.items():
+        if "non-finite" in text:
+            return "error", next(line for line in text.splitlines() if "non-finite" in line).strip()
+    for rank, text in failures.items():
+        head = text.splitlines()[0]
+        if not any(marker in head.lower() for marker in FOLLOW_ON):
+            return "error", f"rank {rank} failed: " + "\n".join(text.splitlines()[:12])[:2000]
+    if any("timed out" in t.lower() or "timeout" in t.lower() for t in failures.values()):
+        return "timeout", "a collective timed out waiting for a peer: " + " | ".join(
+            f"rank {r}: {t.splitlines()[0][:200]}" for r, t in failures.items())
+    rank, text = next(iter(failures.items()))
+    return "error", f"rank {rank} failed: " + text[:2000]
+
+
+FAULT_KINDS = ("none", "oom", "crash", "hang", "nan")
+
+
+def fault_from_cfg(cfg: DictConfig) -> Fault:
+    f = cfg.get("fault") or {}
+    kind = str(f.get("kind", "none")).lower()  # YAML reads a bare `nan` as a float
+    if kind not in FAULT_KINDS:
+        raise InvalidConfig(f"fault.kind={kind!r} is not one of {', '.join(FAULT_KINDS)}")
+    return Fault(kind, int(f.get("rank", 0)), int(f.get("step", 0)))
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Identity of a job's configuration for resuming: everything but `resume` and Hydra's own keys."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("resume", None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def execute(cfg: DictConfig, job_dir: Path) -> dict:
     """Run one job and return its row; expected failures become the row's status, never an exception."""
     backend = None
     row = {"run_id": str(uuid.uuid4()), "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+           "config_hash": config_hash(cfg),
            "git_sha": _git_sha(), "torch_version": torch.__version__, "mode": cfg.get("mode"),
            "hardware": (cfg.get("hardware") or {}).get("name"), **config_fields(cfg),
            "status": "ok", "error": None}
@@ -129,13 +176,18 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
             raise InvalidConfig(f"mode {cfg.mode!r} is not available yet; use mode=real")
         backend = resolve_backend(cfg)
         problem = problem_from_cfg(cfg)
+        fault = fault_from_cfg(cfg)
     except InvalidConfig as e:
         return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
     row.update(backend=backend, device_name=_device_name(backend))
+    # a collective waiting on a dead or hung peer gives up before the watchdog ends the job
     job = Job(problem, backend, seed=cfg.seed, warmup=cfg.bench.warmup, iters=cfg.bench.iters,
-              verify=cfg.verify, pg_timeout_s=cfg.bench.timeout_s)
+              verify=cfg.verify, pg_timeout_s=0.75 * cfg.bench.timeout_s, fault=fault)
     try:
-        per_rank = [r[0] for _, r in sorted(launch(entry, ([job],), problem.world_size, job_dir / "ranks").items())]
+        per_rank = [r[0] for _, r in sorted(launch(entry, ([job],), problem.world_size, job_dir / "ranks",
+                                                   timeout_s=cfg.bench.timeout_s).items())]
+    except LaunchTimeout as e:
+        return {**row, "status": "timeout", "error": str(e)}
     except ChildFailedError as e:
         status, reason = classify_failure(e)
         return {**row, "status": status, "error": reason}
@@ -145,7 +197,15 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     job_dir = Path(HydraConfig.get().runtime.output_dir)
+    previous = job_dir / ROW_FILE
+    if cfg.get("resume", True) and previous.exists():
+        old = read_row(previous)
+        if old.get("status") == "ok" and old.get("config_hash") == config_hash(cfg):
+            print(f"[skip] {old['method']} seq_len={old['seq_len']}: ok row already in {job_dir} (resume=false reruns)")
+            return
+    started = time.monotonic()
     row = execute(cfg, job_dir)
+    row["job_seconds"] = time.monotonic() - started
     write_row(job_dir, row)
     extra = f" error: {row['error']}" if row["error"] else f" step {row['step_time_ms']:.1f} ms"
     print(f"[{row['status']}] {row['method']} seq_len={row['seq_len']} world_size={row['world_size']}{extra} -> {job_dir}")

@@ -21,6 +21,15 @@ from .comm import CommCounter
 
 
 @dataclass(frozen=True)
+class Fault:
+    """Injected failure for testing the harness: at step `step` (0 = the counted step, then warm-up and
+    timed steps) rank `rank` runs out of memory, crashes, hangs, or produces non-finite values."""
+    kind: str = "none"  # none | oom | crash | hang | nan
+    rank: int = 0
+    step: int = 0
+
+
+@dataclass(frozen=True)
 class Job:
     problem: Problem
     backend: str = "gloo"  # nccl | gloo
@@ -29,6 +38,34 @@ class Job:
     iters: int = 3
     verify: bool = False
     pg_timeout_s: float = 300.0
+    fault: Fault = Fault()
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def _inject(fault: Fault, step: int) -> bool:
+    """Raise/exit/block as the fault asks at this step on its rank; True when outputs must be poisoned."""
+    if fault.kind == "none" or fault.step != step or fault.rank != dist.get_rank():
+        return False
+    if fault.kind == "oom":
+        raise torch.cuda.OutOfMemoryError(f"injected out of memory on rank {fault.rank} at step {step}")
+    if fault.kind == "crash":
+        raise RuntimeError(f"injected crash on rank {fault.rank} at step {step}")
+    if fault.kind == "hang":
+        while True:
+            time.sleep(1)
+    return fault.kind == "nan"
+
+
+def _check_finite(y: torch.Tensor, x: torch.Tensor, model: torch.nn.Module, step: int) -> None:
+    """Outside any timed region: a non-finite output or gradient ends the job with its name."""
+    named = [("output", y), ("input gradient", x.grad)] + [(f"gradient of {n}", p.grad) for n, p in model.named_parameters()]
+    for name, t in named:
+        t = t.to_local() if hasattr(t, "to_local") else t  # a ZeRO-3 rank checks its own shard
+        if t is not None and not bool(torch.isfinite(t.detach()).all()):
+            raise NonFiniteError(f"non-finite {name} on rank {dist.get_rank()} at step {step}")
 
 
 def init_rank(backend: str, timeout_s: float) -> torch.device:
@@ -96,10 +133,12 @@ def _zero_grads(model: torch.nn.Module, x: torch.Tensor) -> None:
     x.grad = None
 
 
-def _step(model, x, dy, counter: CommCounter | None = None) -> torch.Tensor:
+def _step(model, x, dy, counter: CommCounter | None = None, poison: bool = False) -> torch.Tensor:
     if counter is not None:
         counter.phase = "fwd"
     y = model(x)
+    if poison:
+        y = y * float("nan")
     if counter is not None:
         counter.phase = "bwd"
     y.backward(dy)
@@ -107,7 +146,7 @@ def _step(model, x, dy, counter: CommCounter | None = None) -> torch.Tensor:
     return y
 
 
-def _counted_step(model, x, dy, device) -> tuple[torch.Tensor, CommCounter, dict]:
+def _counted_step(model, x, dy, device, poison: bool) -> tuple[torch.Tensor, CommCounter, dict]:
     """One step under the communication counter (and, on CPU, the tensor-level memory tracker)."""
     memory: dict = {}
     if device.type == "cpu":
@@ -115,13 +154,13 @@ def _counted_step(model, x, dy, device) -> tuple[torch.Tensor, CommCounter, dict
         tracker = MemTracker()
         tracker.track_external(model, x, dy)
         with tracker, CommCounter() as counter:
-            y = _step(model, x, dy, counter)
+            y = _step(model, x, dy, counter, poison)
         peak = tracker.get_tracker_snapshot("peak")[device]
         memory = {"peak_mem_bytes": int(peak["Total"]), "peak_mem_detail": {str(k).split(".")[-1].lower(): int(v)
                   for k, v in peak.items() if k != "Total"}}
     else:
         with CommCounter() as counter:
-            y = _step(model, x, dy, counter)
+            y = _step(model, x, dy, counter, poison)
     return y, counter, memory
 
 
@@ -136,7 +175,8 @@ def run_job(job: Job, device: torch.device) -> dict:
         del reference  # methods copy what they need; keeping it would double the parameter memory
     x, dy = _inputs(job, index, device)
 
-    y, counter, memory = _counted_step(model, x, dy, device)
+    y, counter, memory = _counted_step(model, x, dy, device, _inject(job.fault, 0))
+    _check_finite(y, x, model, 0)
     result: dict = {"rank": rank, "comm": counter.cost().as_dict(), "comm_calls": counter.calls(), **memory}
     if job.verify:
         result.update(verify(job, method, model, reference, x, y, device))
@@ -147,9 +187,11 @@ def run_job(job: Job, device: torch.device) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for i in range(job.warmup + job.iters):
+    for step in range(1, 1 + job.warmup + job.iters):
         _zero_grads(model, x)
-        times.append(_timed_step(model, x, dy, device))
+        seconds, y = _timed_step(model, x, dy, device, _inject(job.fault, step))
+        times.append(seconds)
+        _check_finite(y, x, model, step)
     result["step_times_s"] = times[job.warmup:]
     if device.type == "cuda":
         result["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -157,19 +199,19 @@ def run_job(job: Job, device: torch.device) -> dict:
     return result
 
 
-def _timed_step(model, x, dy, device) -> float:
+def _timed_step(model, x, dy, device, poison: bool) -> tuple[float, torch.Tensor]:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         dist.barrier()
         start.record()
-        _step(model, x, dy)
+        y = _step(model, x, dy, poison=poison)
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return start.elapsed_time(end) / 1e3, y
     dist.barrier()
     t0 = time.perf_counter()
-    _step(model, x, dy)
-    return time.perf_counter() - t0
+    y = _step(model, x, dy, poison=poison)
+    return time.perf_counter() - t0, y
 
 
 # ---- verification against the single-device float64 block -----------------------------------------

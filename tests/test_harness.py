@@ -37,7 +37,12 @@ def test_multirun_writes_one_row_per_point(tmp_path):
     (["method=tp_sp", "world_size=4", "workload.seq_len=30"], "seq_len 30 is not divisible by 4"),
     (["method=ulysses", "world_size=0"], "world_size must be a positive integer"),
     (["method=no_such_method", "world_size=2"], "unknown method 'no_such_method'"),
-    (["method=ulysses", "backend=nccl", "world_size=1024"], "backend=nccl needs one GPU per rank"),
+    (["method=ulysses", "backend=nccl", "world_size=1024"], "backend=nccl needs"),  # CUDA / a GPU per rank
+    (["method=ulysses", "world_size=2", "method.bogus=1"], "unknown option(s) method.bogus"),
+    (["method=usp", "world_size=4", "method.ulysses_degree=3", "method.ring_degree=2"],
+     "ulysses_degree x method.ring_degree must equal world_size=4"),
+    (["method=ring", "world_size=4", "workload.seq_len=36"], "seq_len 36 is not divisible by 8"),
+    (["method=ulysses", "world_size=2", "fault.kind=segfault"], "fault.kind='segfault' is not one of"),
 ])
 def test_bad_input_is_an_invalid_row_without_ranks(tmp_path, overrides, message):
     run_dir = tmp_path / "run"
