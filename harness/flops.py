@@ -6,19 +6,31 @@ from __future__ import annotations
 from typing import Callable
 
 from methods.common.config import Problem
+from methods.common.layers import is_softmax_layer
 
 
 def llama_forward_flops(p: Problem) -> tuple[float, float]:
-    """(dense, causal-effective) forward FLOPs of the whole stack for one step's tokens."""
+    """(dense, causal-effective) forward FLOPs of the whole stack for one step's tokens. Linear
+    attention layers (linear / hybrid kinds) count the right-product form: the state K^T V and Q
+    times the state, 4 B L H D^2, the same with or without the causal mask."""
     m, w = p.model, p.workload
     tokens = w.batch_size * w.seq_len
-    linear = 2 * tokens * (m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads) + 3 * m.hidden * m.ffn_hidden)
-    attn = 4 * w.batch_size * w.seq_len ** 2 * m.heads * m.head_dim
-    effective = attn / 2 if w.causal else attn
-    return m.layers * (linear + attn), m.layers * (linear + effective)
+    projections = 2 * tokens * (m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads) + 3 * m.hidden * m.ffn_hidden)
+    softmax = 4 * w.batch_size * w.seq_len ** 2 * m.heads * m.head_dim
+    linear = 4 * tokens * m.heads * m.head_dim ** 2
+    dense = effective = 0.0
+    for i in range(m.layers):
+        if is_softmax_layer(m, i):
+            dense += projections + softmax
+            effective += projections + (softmax / 2 if w.causal else softmax)
+        else:
+            dense += projections + linear
+            effective += projections + linear
+    return dense, effective
 
 
-FORWARD_FLOPS: dict[str, Callable[[Problem], tuple[float, float]]] = {"llama": llama_forward_flops}
+FORWARD_FLOPS: dict[str, Callable[[Problem], tuple[float, float]]] = {
+    "llama": llama_forward_flops, "linear": llama_forward_flops, "hybrid": llama_forward_flops}
 
 
 def step_flops(p: Problem) -> tuple[float, float]:

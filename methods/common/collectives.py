@@ -96,6 +96,17 @@ def reduce_scatter_dim(x: torch.Tensor, dim: int, group) -> torch.Tensor:
     return out.movedim(0, dim).contiguous()
 
 
+def all_gather_async(x: torch.Tensor, group) -> tuple[torch.Tensor, dist.Work | None]:
+    """Start gathering every rank's x into [n, *x.shape]; returns the buffer and the work to wait on
+    (so the caller computes something else meanwhile)."""
+    n = group_size(group)
+    out = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device)
+    if n == 1:
+        out[0] = x
+        return out, None
+    return out, _all_gather(out.view(n * x.shape[0], *x.shape[1:]), x.contiguous(), group=group, async_op=True)
+
+
 class _GatherSeq(torch.autograd.Function):
     """Megatron's g: all-gather along the sequence forward, reduce-scatter backward."""
 

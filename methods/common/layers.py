@@ -6,6 +6,7 @@ parallel block that matches it is right, not merely consistent with itself.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from .attention import attention
 from .config import ModelConfig
+from .linear_attention import LinearKernel, head_decays, naive_linear_attention
 
 LocalAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 # A distributed core gets this rank's q, k, v [B, L_local, heads, D] (RoPE applied with the tokens'
@@ -154,7 +156,34 @@ def llama_block_params(m: ModelConfig) -> int:
     return sum(math.prod(s) for s in llama_block_shapes(m))
 
 
-BLOCK_BUILDERS: dict[str, type[nn.Module]] = {"llama": LlamaBlock}
+class LinearAttentionLayer(Attention):
+    """Linear-Llama3: the Llama attention with softmax replaced by basic linear attention (per-head
+    decay when the model sets `decay: true`); projections, RoPE and everything around stay."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        decay = head_decays(cfg.heads) if cfg.extra.get("decay") else None
+        self.reference_attention = partial(naive_linear_attention, decay=decay)
+        self.local_attention = LinearKernel(decay)
+
+
+def linear_block(cfg: ModelConfig) -> LlamaBlock:
+    block = LlamaBlock(cfg)
+    block.attn = LinearAttentionLayer(cfg)
+    return block
+
+
+def is_softmax_layer(cfg: ModelConfig, index: int) -> bool:
+    """Hybrid stacks put a softmax layer at every `hybrid_period`-th layer (LASP-2's 1/4 hybrid: LLLN)."""
+    return cfg.kind == "llama" or (cfg.kind == "hybrid" and (index + 1) % cfg.extra.get("hybrid_period", 4) == 0)
+
+
+# model kind -> builder of layer `index`
+BLOCK_BUILDERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "llama": lambda cfg, i: LlamaBlock(cfg),
+    "linear": lambda cfg, i: linear_block(cfg),
+    "hybrid": lambda cfg, i: LlamaBlock(cfg) if is_softmax_layer(cfg, i) else linear_block(cfg),
+}
 
 
 def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float64,
@@ -162,5 +191,5 @@ def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.
     """The single-device reference stack for `cfg.kind`, identical on every rank for a given seed."""
     if cfg.kind not in BLOCK_BUILDERS:
         raise KeyError(f"no reference block registered for model kind {cfg.kind!r}")
-    model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg) for _ in range(cfg.layers)])
+    model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
     return init_weights_(model.to(torch.float64), seed).to(device=device, dtype=dtype)

@@ -66,8 +66,10 @@ class TensorParallelAttention(nn.Module):
         super().__init__()
         c, n, r = ref_attn.cfg, dist.get_world_size(group), dist.get_rank(group)
         self.cfg, self.group = c, group
-        self.local_attention = ref_attn.local_attention  # the layer's single-device kernel
         self.heads, self.kv_heads = c.heads // n, c.kv_heads // n
+        self.local_attention = ref_attn.local_attention  # the layer's single-device kernel
+        if hasattr(self.local_attention, "for_heads"):  # per-head kernel state: this rank's heads only
+            self.local_attention = self.local_attention.for_heads(r * self.heads, self.heads)
         wqkv = torch.cat([rows(ref_attn.wq.weight, r, n), rows(ref_attn.wk.weight, r, n), rows(ref_attn.wv.weight, r, n)])
         self.wqkv = _param(wqkv, dtype, device)
         self.wo = _param(cols(ref_attn.wo.weight, r, n), dtype, device)
@@ -219,4 +221,5 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + norm_sync_cost(p)
 
 
-register(Method("tp_sp", validate=validate, layout=layout, build=build, comm_cost=comm_cost))
+register(Method("tp_sp", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
+                model_kinds=("llama", "linear", "hybrid")))

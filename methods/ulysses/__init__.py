@@ -32,6 +32,9 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     """q [B, L/N, H, D], k/v [B, L/N, Hkv, D] on a contiguous shard -> out [B, L/N, H, D]; `local` is
     the layer's single-device kernel, run on a head group over the whole sequence."""
     n = dist.get_world_size(group)
+    if hasattr(local, "for_heads"):  # per-head kernel state (linear attention decay): this rank's heads
+        heads = q.shape[2] // n
+        local = local.for_heads(dist.get_rank(group) * heads, heads)
     if k.shape[2] < n:
         rep = n // k.shape[2]
         k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
@@ -89,4 +92,5 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
-register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost))
+register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
+                model_kinds=("llama", "linear", "hybrid")))

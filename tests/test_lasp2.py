@@ -1,0 +1,89 @@
+"""Linear attention (chunked kernel vs naive reference), LASP-2, LASP-2H, LASP-1 and the Ulysses /
+TP-SP baselines on the linear block: exact against the float64 reference (output, input grad, every
+weight grad), counted bytes equal to the cost models, LASP-2's state traffic independent of L."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import methods
+from methods.common.config import InvalidConfig, ModelConfig
+from methods.common.linear_attention import LinearKernel, head_decays, naive_linear_attention
+
+from .dist import assert_counted_equals_theory, assert_exact, problem, run_cases
+
+LINEAR = ModelConfig("tiny_linear", hidden=64, heads=8, kv_heads=4, head_dim=8, ffn_hidden=128, layers=2, kind="linear")
+HYBRID = replace(LINEAR, name="tiny_hybrid", kind="hybrid", extra={"hybrid_period": 2})
+
+
+def decayed(m: ModelConfig) -> ModelConfig:
+    return replace(m, extra={**m.extra, "decay": True})
+
+
+@pytest.mark.parametrize("length,chunk", [(50, 16), (64, 64), (63, 8)])
+@pytest.mark.parametrize("decay", [False, True])
+def test_chunked_kernel_matches_naive(length, chunk, decay):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, length, h, 8, generator=gen, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
+    d = head_decays(4) if decay else None
+    ref, got = naive_linear_attention(q, k, v, True, d), LinearKernel(d, chunk)(q, k, v, True)
+    dout = torch.randn_like(ref)
+    g_ref, g_got = torch.autograd.grad(ref, (q, k, v), dout), torch.autograd.grad(got, (q, k, v), dout)
+    assert torch.allclose(ref, got, rtol=0, atol=1e-10 * float(ref.detach().abs().max()))
+    for a, b in zip(g_ref, g_got):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10 * float(a.abs().max()))
+
+
+CASES = {}
+for n in (1, 2, 4):
+    for name, model in (("linear", LINEAR), ("hybrid", HYBRID)):
+        for causal in (True, False):
+            CASES[f"lasp2-{name}-N{n}-causal{int(causal)}"] = problem("lasp2", n, causal=causal, model=model)
+        CASES[f"lasp2-{name}-N{n}-decay"] = problem("lasp2", n, model=decayed(model))
+    CASES[f"lasp1-N{n}"] = problem("lasp1", n, model=LINEAR)
+    CASES[f"lasp1-N{n}-decay"] = problem("lasp1", n, model=decayed(LINEAR))
+    CASES[f"ulysses-linear-N{n}-decay"] = problem("ulysses", n, model=decayed(LINEAR))
+    CASES[f"ulysses-hybrid-N{n}-bidirectional"] = problem("ulysses", n, causal=False, model=HYBRID)
+    CASES[f"tp_sp-linear-N{n}-bidirectional"] = problem("tp_sp", n, causal=False, model=LINEAR)
+    CASES[f"tp_sp-hybrid-N{n}-decay"] = problem("tp_sp", n, model=decayed(HYBRID))
+CASES["lasp2-linear-N4-L64"] = problem("lasp2", 4, seq_len=64, model=LINEAR)
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    return run_cases(CASES)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_exact_against_reference(outcomes, case):
+    assert_exact(outcomes[case])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_counted_bytes_equal_cost_model(outcomes, case):
+    assert_counted_equals_theory(outcomes[case], CASES[case])
+
+
+def test_lasp2_state_traffic_does_not_grow_with_sequence_length(outcomes):
+    short, long = outcomes["lasp2-linear-N4-causal1"][0]["comm"], outcomes["lasp2-linear-N4-L64"][0]["comm"]
+    assert CASES["lasp2-linear-N4-L64"].workload.seq_len == 2 * CASES["lasp2-linear-N4-causal1"].workload.seq_len
+    assert short["fwd"] == long["fwd"] and short["fwd"]["all_gather"] > 0
+
+
+def test_lasp1_passes_one_state_per_direction(outcomes):
+    calls = [r["comm_calls"] for r in outcomes["lasp1-N4"]]
+    layers = LINEAR.layers
+    assert [c["fwd"].get("send", 0) for c in calls] == [layers, layers, layers, 0]  # the last rank ends the chain
+    assert [c["bwd"].get("send", 0) for c in calls] == [0, layers, layers, layers]
+
+
+@pytest.mark.parametrize("method,model,causal,message", [
+    ("lasp2", decayed(LINEAR), False, "decay is defined for causal linear attention only"),
+    ("lasp1", LINEAR, False, "lasp1 is causal only"),
+])
+def test_refused_configurations(method, model, causal, message):
+    p = problem(method, 2, causal=causal, model=model)
+    with pytest.raises(InvalidConfig, match=message):
+        methods.for_problem(p).validate(p)
