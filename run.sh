@@ -25,19 +25,23 @@ setup() {
 }
 
 default_sweep() {
-    local gpus out methods
+    local gpus out softmax linear
     gpus=$(python -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
     out="results/sweeps/default_$(date +%Y%m%d_%H%M%S)"
-    methods=$(python -m harness.methods llm)
+    softmax=$(python -m harness.methods llm llama)   # every method that runs a Llama block
+    linear=$(python -m harness.methods llm linear)   # and every one that runs a linear-attention block
     if [ "$gpus" -ge 2 ]; then
-        echo "== default sweep: NCCL on $gpus GPUs, llama3_8b (2 layers), bf16: $methods"
-        python -m harness.run -m "method=$methods" model=llama3_8b model.layers=2 dtype=bfloat16 \
-            "world_size=$gpus" workload.seq_len=16384,32768 hardware=h100_nvlink_8x \
-            "hydra.sweep.dir=$out" "$@"
+        echo "== default sweep: NCCL on $gpus GPUs, bf16: llama3_8b (2 layers): $softmax; linear_llama3_1b (2 layers): $linear"
+        python -m harness.run -m "method=$softmax" model=llama3_8b model.layers=2 dtype=bfloat16 \
+            "world_size=$gpus" workload.seq_len=16384,32768 hardware=h100_nvlink_8x "hydra.sweep.dir=$out/llama" "$@"
+        python -m harness.run -m "method=$linear" model=linear_llama3_1b model.layers=2 dtype=bfloat16 \
+            "world_size=$gpus" workload.seq_len=16384,32768 hardware=h100_nvlink_8x "hydra.sweep.dir=$out/linear" "$@"
     else
-        echo "== default sweep: gloo on CPU, 4 ranks, tiny model, float32: $methods"
-        python -m harness.run -m "method=$methods" model=tiny dtype=float32 world_size=4 \
-            workload.seq_len=256,1024 hardware=cpu "hydra.sweep.dir=$out" "$@"
+        echo "== default sweep: gloo on CPU, 4 ranks, float32: tiny: $softmax; tiny_linear: $linear"
+        python -m harness.run -m "method=$softmax" model=tiny dtype=float32 world_size=4 \
+            workload.seq_len=256,1024 hardware=cpu "hydra.sweep.dir=$out/llama" "$@"
+        python -m harness.run -m "method=$linear" model=tiny_linear dtype=float32 world_size=4 \
+            workload.seq_len=256,1024 hardware=cpu "hydra.sweep.dir=$out/linear" "$@"
     fi
     echo
     python -m harness.report "$out"
