@@ -56,6 +56,25 @@ def odysseus_table(base: Problem) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# DSP paper's table (per layer = spatial + temporal block, forward), in units of M = B*T*S*C elements
+DSP_PAPER = [("Megatron-SP", "tp_sp", {}, "8M"), ("DeepSpeed-Ulysses", "ulysses", {}, "4M/N"),
+             ("Ring attention", "ring", {}, "2M"), ("DSP", "dsp", {}, "2M/N")]
+
+
+def dsp_table(base: Problem) -> pd.DataFrame:
+    """Our exact per-rank forward bytes per layer for each method on the video block, in units of M
+    (elements of one [B, T, S, C] activation), beside the paper's entry."""
+    one_layer = replace(base.model, layers=1)
+    w = base.workload
+    m_bytes = w.batch_size * w.frames * w.spatial * base.model.hidden * base.elem_bytes
+    rows = []
+    for name, method, options, paper in DSP_PAPER:
+        p = replace(base, method=method, model=one_layer, options=options)
+        fwd = float(methods.for_problem(p).comm_cost(p).total("fwd"))
+        rows.append({"method": name, "paper_fwd_per_layer": paper, "fwd_MiB": fwd / 2**20, "fwd_x_M": fwd / m_bytes})
+    return pd.DataFrame(rows)
+
+
 def main(overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["method=odysseus", *overrides])

@@ -29,8 +29,19 @@ def llama_forward_flops(p: Problem) -> tuple[float, float]:
     return dense, effective
 
 
+def video_forward_flops(p: Problem) -> tuple[float, float]:
+    """Spatial block (attention over S per frame) + temporal block (over T per position), non-causal."""
+    m, w = p.model, p.workload
+    tokens = w.batch_size * w.frames * w.spatial
+    per_block = 2 * tokens * (m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads) + 2 * m.hidden * m.ffn_hidden)
+    attention = 4 * tokens * (w.spatial + w.frames) * m.heads * m.head_dim
+    total = m.layers * (2 * per_block + attention)
+    return total, total
+
+
 FORWARD_FLOPS: dict[str, Callable[[Problem], tuple[float, float]]] = {
-    "llama": llama_forward_flops, "linear": llama_forward_flops, "hybrid": llama_forward_flops}
+    "llama": llama_forward_flops, "linear": llama_forward_flops, "hybrid": llama_forward_flops,
+    "video": video_forward_flops}
 
 
 def step_flops(p: Problem) -> tuple[float, float]:

@@ -169,7 +169,7 @@ def run_job(job: Job, device: torch.device) -> dict:
     method = methods.for_problem(p)
     rank = dist.get_rank()
     index = method.layout(p)[rank]
-    reference = build_reference(p.model, job.seed, torch.float64 if job.verify else p.torch_dtype, device)
+    reference = build_reference(p.model, job.seed, torch.float64 if job.verify else p.torch_dtype, device, p.workload)
     model = method.build(p, reference, device)
     if not job.verify:
         del reference  # methods copy what they need; keeping it would double the parameter memory

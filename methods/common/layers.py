@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
-from .config import ModelConfig
+from .config import ModelConfig, Workload
 from .linear_attention import LinearKernel, head_decays, naive_linear_attention
 
 LocalAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
@@ -78,6 +78,7 @@ class Attention(nn.Module):
     # parallel methods run on their local piece of the problem
     reference_attention = staticmethod(math_attention)
     local_attention = staticmethod(attention)
+    use_rope = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -95,8 +96,9 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, L, c.heads, c.head_dim)
         k = self.wk(x).view(B, L, c.kv_heads, c.head_dim)
         v = self.wv(x).view(B, L, c.kv_heads, c.head_dim)
-        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.use_rope:
+            cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = core(q, k, v, causal, self.local_attention) if core else self.reference_attention(q, k, v, causal)
         return self.wo(o.reshape(B, L, -1))
 
@@ -187,9 +189,14 @@ BLOCK_BUILDERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
 
 
 def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float64,
-                    device: torch.device | str = "cpu") -> ReferenceModel:
-    """The single-device reference stack for `cfg.kind`, identical on every rank for a given seed."""
-    if cfg.kind not in BLOCK_BUILDERS:
+                    device: torch.device | str = "cpu", workload: Workload | None = None) -> nn.Module:
+    """The single-device reference stack for `cfg.kind`, identical on every rank for a given seed
+    (video models take their frame and spatial sizes from the workload)."""
+    if cfg.kind == "video":
+        from .video import VideoModel
+        model = VideoModel(cfg, workload.frames, workload.spatial)
+    elif cfg.kind in BLOCK_BUILDERS:
+        model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
+    else:
         raise KeyError(f"no reference block registered for model kind {cfg.kind!r}")
-    model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
     return init_weights_(model.to(torch.float64), seed).to(device=device, dtype=dtype)

@@ -1,0 +1,131 @@
+"""DSP, dynamic sequence parallelism (arXiv 2403.10266), on the spatial-temporal block: keep the data
+sharded on the dimension the current stage does not attend over, and switch between stages with one
+all-to-all. The resident shard is S ([B, T, S/N, C]): before each spatial block one switch makes S
+whole and shards T, after it the inverse switch returns to the S-shard, and the temporal block runs
+locally. 2 all-to-alls per layer forward, 2 backward, each moving (N-1)/N^2 of the activation.
+
+T not divisible by N (including T < N): the switch pads T to a multiple of N and trims it back; padded
+frames never reach the output, so they contribute nothing to results or gradients. No head-count
+constraint: switches move whole tokens. Embedded baselines on the same block: methods/dsp/baselines.py.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from methods import Method, register
+from methods.common.collectives import sum_grads
+from methods.common.config import InvalidConfig, Problem
+from methods.common.cost import CommCost
+from methods.common.replicated import param_sync_cost
+from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
+
+
+def _switch(x: torch.Tensor, gather_dim: int, scatter_dim: int, gather_len: int, group) -> torch.Tensor:
+    """x sharded on `gather_dim`, whole on `scatter_dim` -> whole on `gather_dim` (trimmed to
+    `gather_len`), sharded on `scatter_dim` (padded to a multiple of N first)."""
+    n = dist.get_world_size(group)
+    pad = -x.shape[scatter_dim] % n
+    if pad:
+        widths = [0, 0] * (x.dim() - 1 - scatter_dim) + [0, pad]
+        x = F.pad(x, widths)
+    send = torch.stack(x.chunk(n, dim=scatter_dim)).contiguous()  # slot j goes to rank j
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return torch.cat(recv.unbind(0), dim=gather_dim).narrow(gather_dim, 0, gather_len)
+
+
+class Switch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gather_dim: int, scatter_dim: int, gather_len: int, group):
+        ctx.dims, ctx.scatter_len, ctx.group = (gather_dim, scatter_dim), x.shape[scatter_dim], group
+        return _switch(x, gather_dim, scatter_dim, gather_len, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gather_dim, scatter_dim = ctx.dims
+        return _switch(grad, scatter_dim, gather_dim, ctx.scatter_len, ctx.group), None, None, None, None
+
+
+def switch(x: torch.Tensor, gather_dim: int, scatter_dim: int, gather_len: int, group: dist.ProcessGroup) -> torch.Tensor:
+    return Switch.apply(x, gather_dim, scatter_dim, gather_len, group)
+
+
+class DSPModel(nn.Module):
+    def __init__(self, reference: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.model = copy.deepcopy(reference).to(device=device, dtype=dtype)
+        self.group = group
+
+    def forward(self, x_local: torch.Tensor) -> torch.Tensor:
+        m, n = self.model, dist.get_world_size(self.group)
+        B, _, C = x_local.shape
+        x = x_local.view(B, m.frames, m.spatial // n, C)  # resident: the S-shard
+        frames = torch.arange(m.frames, device=x.device)
+        for layer in m.blocks:
+            h = switch(x, 2, 1, m.spatial, self.group)  # [B, T/N, S, C]: whole frames for the spatial block
+            x = switch(spatial_stage(layer.spatial, h), 1, 2, m.frames, self.group)  # back to [B, T, S/N, C]
+            x = temporal_stage(layer.temporal, x, frames)  # whole T: no communication
+        return x.reshape(B, -1, C)
+
+    def finish_grads(self) -> None:
+        sum_grads(list(self.parameters()), self.group)  # replicated weights, disjoint tokens
+
+    def full_grads(self) -> dict[str, torch.Tensor]:
+        return {name: p.grad for name, p in self.model.named_parameters()}
+
+
+# ---- layout, checks, build -------------------------------------------------------------------------
+
+def video_shape(p: Problem) -> tuple[int, int, int]:
+    w = p.workload
+    return w.batch_size, w.frames, w.spatial
+
+
+def check_video(p: Problem) -> None:
+    if p.workload.frames < 1 or p.workload.spatial < 1:
+        raise InvalidConfig(f"the video workload needs frames >= 1 and spatial >= 1, got "
+                            f"frames={p.workload.frames} spatial={p.workload.spatial}")
+
+
+def validate(p: Problem) -> None:
+    check_video(p)
+    if p.workload.spatial % p.world_size:
+        raise InvalidConfig(f"workload.spatial={p.workload.spatial} is not divisible by world_size={p.world_size}: "
+                            "DSP keeps the spatial shard resident (frames may be any number, they are padded)")
+
+
+def layout(p: Problem) -> list[torch.Tensor]:
+    """Rank r holds spatial tokens [r S/N, (r+1) S/N) of every frame (flattened t-major)."""
+    _, T, S = video_shape(p)
+    grid = torch.arange(T * S).view(T, S)
+    return [shard.reshape(-1) for shard in grid.chunk(p.world_size, dim=1)]
+
+
+def build(p: Problem, reference: nn.Module, device: torch.device) -> DSPModel:
+    return DSPModel(reference, dist.group.WORLD, p.torch_dtype, device)
+
+
+# ---- cost model ------------------------------------------------------------------------------------
+
+def comm_cost(p: Problem) -> CommCost:
+    """Per layer and direction: two switches, each an all-to-all of the rank's [B, T_pad, S/N, C]
+    activation (T padded to a multiple of N) = (N-1)/N^2 * M when T divides."""
+    B, T, S = video_shape(p)
+    n, e = p.world_size, p.elem_bytes
+    t_pad = -(-T // n) * n
+    local = B * t_pad * (S // n) * p.model.hidden * e
+    cost = CommCost()
+    for phase in ("fwd", "bwd"):
+        cost.add(phase, "all_to_all", local, n, times=2 * p.model.layers)
+    return cost + param_sync_cost(p, video_layer_shapes(p.model), p.model.layers)
+
+
+register(Method("dsp", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
+                workloads=("video",), model_kinds=("video",)))
+
+from . import baselines  # noqa: E402,F401  (the embedded-SP variants of ulysses, ring, tp_sp)

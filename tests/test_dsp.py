@@ -1,0 +1,70 @@
+"""DSP and the embedded baselines (Ulysses temporal-only and on every attention, Ring on the frames,
+Megatron-SP) on the spatial-temporal block: exact against the float64 reference, counted bytes equal
+to the cost models, and the paper's per-layer table in exact per-rank form."""
+from __future__ import annotations
+
+import pytest
+
+import methods
+from harness.cost_table import dsp_table
+from methods.common.config import InvalidConfig, ModelConfig, Problem, Workload
+
+from .dist import assert_counted_equals_theory, assert_exact, run_cases
+
+VIDEO = ModelConfig("tiny_video", hidden=32, heads=4, kv_heads=4, head_dim=8, ffn_hidden=128, layers=2, kind="video",
+                    extra={"temporal_rope": True})
+
+
+def video(method: str, n: int, frames: int = 8, spatial: int = 8, batch: int = 2, **options) -> Problem:
+    return Problem(method, VIDEO, Workload("video", batch_size=batch, frames=frames, spatial=spatial, causal=False),
+                   n, "float64", options)
+
+
+CASES = {}
+for n in (2, 4):
+    CASES[f"dsp-N{n}"] = video("dsp", n)
+    CASES[f"ulysses-temporal-N{n}"] = video("ulysses", n)
+    CASES[f"ulysses-all-N{n}"] = video("ulysses", n, video_attention="all")
+    CASES[f"ring-N{n}"] = video("ring", n)
+    CASES[f"tp_sp-N{n}"] = video("tp_sp", n)
+CASES["dsp-N4-T6-padded"] = video("dsp", 4, frames=6)
+CASES["dsp-N4-T3-fewer-frames-than-ranks"] = video("dsp", 4, frames=3, batch=1)
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    return run_cases(CASES)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_exact_against_reference(outcomes, case):
+    assert_exact(outcomes[case])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_counted_bytes_equal_cost_model(outcomes, case):
+    assert_counted_equals_theory(outcomes[case], CASES[case])
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_dsp_forward_bytes_are_2_n_minus_1_over_n_squared_m(outcomes, n):
+    p = CASES[f"dsp-N{n}"]
+    m_bytes = p.workload.batch_size * p.workload.frames * p.workload.spatial * VIDEO.hidden * 8
+    assert outcomes[f"dsp-N{n}"][0]["comm"]["fwd"]["all_to_all"] == 2 * (n - 1) * m_bytes // n**2 * VIDEO.layers
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_paper_table_in_exact_per_rank_form(n):
+    # the paper's 8M, 4M/N, 2M, 2M/N with the exact (N-1)/N factors of a per-rank count (MHA, T and S divisible)
+    table = dsp_table(Problem("dsp", VIDEO, Workload("video", batch_size=1, frames=16, spatial=64), n, "bfloat16"))
+    got = dict(zip(table.method, table.fwd_x_M))
+    assert got == pytest.approx({"Megatron-SP": 8 * (n - 1) / n, "DeepSpeed-Ulysses": 4 * (n - 1) / n**2,
+                                 "Ring attention": 2 * (n - 1) / n, "DSP": 2 * (n - 1) / n**2}, rel=1e-12)
+
+
+def test_refused_video_configurations():
+    for p, message in ((video("dsp", 4, spatial=6), "spatial=6 is not divisible"),
+                       (video("ulysses", 4, frames=6), "frames=6 is not divisible"),
+                       (video("dsp", 2, frames=0), "frames >= 1")):
+        with pytest.raises(InvalidConfig, match=message):
+            methods.for_problem(p).validate(p)
