@@ -56,7 +56,8 @@ def test_dsp_forward_bytes_are_2_n_minus_1_over_n_squared_m(outcomes, n):
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_paper_table_in_exact_per_rank_form(n):
     # the paper's 8M, 4M/N, 2M, 2M/N with the exact (N-1)/N factors of a per-rank count (MHA, T and S divisible)
-    table = dsp_table(Problem("dsp", VIDEO, Workload("video", batch_size=1, frames=16, spatial=64), n, "bfloat16"))
+    mha8 = ModelConfig("mha8", hidden=32, heads=8, kv_heads=8, head_dim=4, ffn_hidden=128, layers=2, kind="video")
+    table = dsp_table(Problem("dsp", mha8, Workload("video", batch_size=1, frames=16, spatial=64), n, "bfloat16"))
     got = dict(zip(table.method, table.fwd_x_M))
     assert got == pytest.approx({"Megatron-SP": 8 * (n - 1) / n, "DeepSpeed-Ulysses": 4 * (n - 1) / n**2,
                                  "Ring attention": 2 * (n - 1) / n, "DSP": 2 * (n - 1) / n**2}, rel=1e-12)
