@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 
+import pytest
+
 from harness.launch import launch
 from harness.worker import Job, entry
 from methods.common.config import ModelConfig, Problem, Workload
@@ -53,3 +55,24 @@ def assert_counted_equals_theory(ranks: list[dict], problem: Problem) -> None:
 
 def same_problem(p: Problem, **changes) -> Problem:
     return replace(p, **changes)
+
+
+def method_tests(cases: dict[str, Problem], exact: list[str] | None = None):
+    """The shared tests of a method module, bound to its cases: a module fixture running them all
+    (one launch per world size), exactness against the reference (`exact` cases, default all), and
+    counted bytes equal to the cost model (every case). Use as
+    `outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model = method_tests(CASES)`."""
+
+    @pytest.fixture(scope="module")
+    def outcomes():
+        return run_cases(cases)
+
+    @pytest.mark.parametrize("case", exact if exact is not None else list(cases))
+    def test_exact_against_reference(outcomes, case):
+        assert_exact(outcomes[case])
+
+    @pytest.mark.parametrize("case", list(cases))
+    def test_counted_bytes_equal_cost_model(outcomes, case):
+        assert_counted_equals_theory(outcomes[case], cases[case])
+
+    return outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model

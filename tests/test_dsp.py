@@ -9,7 +9,7 @@ import methods
 from harness.cost_table import dsp_table
 from methods.common.config import InvalidConfig, ModelConfig, Problem, Workload
 
-from .dist import assert_counted_equals_theory, assert_exact, run_cases
+from .dist import method_tests
 
 VIDEO = ModelConfig("tiny_video", hidden=32, heads=4, kv_heads=4, head_dim=8, ffn_hidden=128, layers=2, kind="video",
                     extra={"temporal_rope": True})
@@ -30,20 +30,7 @@ for n in (2, 4):
 CASES["dsp-N4-T6-padded"] = video("dsp", 4, frames=6)
 CASES["dsp-N4-T3-fewer-frames-than-ranks"] = video("dsp", 4, frames=3, batch=1)
 
-
-@pytest.fixture(scope="module")
-def outcomes():
-    return run_cases(CASES)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_exact_against_reference(outcomes, case):
-    assert_exact(outcomes[case])
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_counted_bytes_equal_cost_model(outcomes, case):
-    assert_counted_equals_theory(outcomes[case], CASES[case])
+outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model = method_tests(CASES)
 
 
 @pytest.mark.parametrize("n", [2, 4])

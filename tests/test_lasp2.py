@@ -12,7 +12,7 @@ import methods
 from methods.common.config import InvalidConfig, ModelConfig
 from methods.common.linear_attention import LinearKernel, head_decays, naive_linear_attention
 
-from .dist import assert_counted_equals_theory, assert_exact, problem, run_cases
+from .dist import method_tests, problem
 
 LINEAR = ModelConfig("tiny_linear", hidden=64, heads=8, kv_heads=4, head_dim=8, ffn_hidden=128, layers=2, kind="linear")
 HYBRID = replace(LINEAR, name="tiny_hybrid", kind="hybrid", extra={"hybrid_period": 2})
@@ -50,20 +50,7 @@ for n in (1, 2, 4):
     CASES[f"tp_sp-hybrid-N{n}-decay"] = problem("tp_sp", n, model=decayed(HYBRID))
 CASES["lasp2-linear-N4-L64"] = problem("lasp2", 4, seq_len=64, model=LINEAR)
 
-
-@pytest.fixture(scope="module")
-def outcomes():
-    return run_cases(CASES)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_exact_against_reference(outcomes, case):
-    assert_exact(outcomes[case])
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_counted_bytes_equal_cost_model(outcomes, case):
-    assert_counted_equals_theory(outcomes[case], CASES[case])
+outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model = method_tests(CASES)
 
 
 def test_lasp2_state_traffic_does_not_grow_with_sequence_length(outcomes):

@@ -8,7 +8,7 @@ import pytest
 import methods
 from methods.common.config import InvalidConfig, ModelConfig
 
-from .dist import assert_counted_equals_theory, assert_exact, problem, run_cases
+from .dist import method_tests, problem
 
 # 3 ranks: ffn 100 and the GQA projections do not split evenly, so FSDP2 pads the shards
 ODD = ModelConfig("odd", hidden=48, heads=6, kv_heads=3, head_dim=8, ffn_hidden=100, layers=2)
@@ -26,20 +26,7 @@ CASES["ring-zero3-N3-padded"] = problem("ring", 3, model=ODD, seq_len=24, layout
 CASES["usp-zero3-2x2"] = problem("usp", 4, ulysses_degree=2, ring_degree=2, zero3=True)
 CASES["allgather_cp-zero3-N2"] = problem("allgather_cp", 2, zero3=True)
 
-
-@pytest.fixture(scope="module")
-def outcomes():
-    return run_cases(CASES)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_exact_against_reference(outcomes, case):
-    assert_exact(outcomes[case])
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_counted_bytes_equal_cost_model(outcomes, case):
-    assert_counted_equals_theory(outcomes[case], CASES[case])
+outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model = method_tests(CASES)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if "zero3" in c])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .dist import assert_counted_equals_theory, assert_exact, problem, run_cases
+from .dist import method_tests, problem
 
 CASES = {}
 for n in (2, 4, 8):
@@ -33,19 +33,9 @@ for dtype in ("float32", "bfloat16"):
 CASES.update(LOW_PRECISION)
 
 
-@pytest.fixture(scope="module")
-def outcomes():
-    return run_cases(CASES)
 
 
-@pytest.mark.parametrize("case", EXACT_CASES)
-def test_exact_against_reference(outcomes, case):
-    assert_exact(outcomes[case])
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_counted_bytes_equal_cost_model(outcomes, case):
-    assert_counted_equals_theory(outcomes[case], CASES[case])
+outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model = method_tests(CASES, EXACT_CASES)
 
 
 @pytest.mark.parametrize("method,n", [("ring", 2), ("allgather_cp", 2), ("usp", 4)])

@@ -6,7 +6,7 @@ import pytest
 
 from methods.common.config import ModelConfig
 
-from .dist import TINY, assert_counted_equals_theory, assert_exact, problem, run_cases
+from .dist import TINY, method_tests, problem
 
 MHA = ModelConfig("tiny_mha", hidden=64, heads=8, kv_heads=8, head_dim=8, ffn_hidden=128, layers=2)
 ONE_KV = ModelConfig("tiny_mqa", hidden=32, heads=4, kv_heads=1, head_dim=8, ffn_hidden=64, layers=1)
@@ -28,22 +28,12 @@ for dtype in ("float32", "bfloat16"):
             CASES[f"{method}-N{n}-{dtype}"] = problem(method, n, dtype=dtype, seq_len=64)
 
 
-@pytest.fixture(scope="module")
-def outcomes():
-    return run_cases(CASES)
 
 
 EXACT_CASES = [c for c in CASES if not c.endswith(("float32", "bfloat16"))]
 
 
-@pytest.mark.parametrize("case", EXACT_CASES)
-def test_exact_against_reference(outcomes, case):
-    assert_exact(outcomes[case])
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_counted_bytes_equal_cost_model(outcomes, case):
-    assert_counted_equals_theory(outcomes[case], CASES[case])
+outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model = method_tests(CASES, EXACT_CASES)
 
 
 @pytest.mark.parametrize("method", ["ulysses", "tp_sp"])
