@@ -97,6 +97,7 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig) -> dic
         "tokens_per_s": problem.workload.tokens / median, "model_flops": dense, "model_flops_effective": effective,
         "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
         "peak_mem_bytes": max(r.get("peak_mem_bytes", 0) for r in per_rank),
+        "peak_mem_reserved_bytes": max(r.get("peak_mem_reserved_bytes", 0) for r in per_rank) or None,  # CUDA
         "peak_mem_detail": per_rank[0].get("peak_mem_detail"),
         "theory_mem_bytes": None,
         "comm_bytes_fwd": sum(comm["fwd"].values()), "comm_bytes_bwd": sum(comm["bwd"].values()),

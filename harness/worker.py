@@ -16,6 +16,7 @@ import torch.distributed as dist
 import methods
 from methods.common.config import Problem
 from methods.common.layers import build_reference
+from methods.common.layout import shard, unshard
 
 from .comm import CommCounter
 
@@ -113,7 +114,7 @@ def _inputs(job: Job, index: torch.Tensor, device: torch.device) -> tuple[torch.
     draw the local shard directly (a paper-scale global input need not fit anywhere)."""
     p = job.problem
     if job.verify:
-        x, dy = (t.index_select(1, index) for t in _global_inputs(p, job.seed))
+        x, dy = (shard(t, index) for t in _global_inputs(p, job.seed))
     else:
         gen = torch.Generator().manual_seed(job.seed + 1 + dist.get_rank())
         shape = (p.workload.batch_size, index.numel(), p.model.hidden)
@@ -217,7 +218,6 @@ def _timed_step(model, x, dy, device, poison: bool) -> tuple[float, torch.Tensor
 # ---- verification against the single-device float64 block -----------------------------------------
 
 def _gather_global(local: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
-    from methods.common.layout import unshard
     parts = [torch.empty((local.shape[0], i.numel(), *local.shape[2:]), dtype=local.dtype, device=local.device)
              for i in indices]
     dist.all_gather(parts, local.contiguous())

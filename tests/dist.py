@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
 
 import pytest
 
@@ -51,10 +50,6 @@ def assert_counted_equals_theory(ranks: list[dict], problem: Problem) -> None:
     from harness.run import _max_comm
     theory = methods.for_problem(problem).comm_cost(problem).as_dict()
     assert _max_comm(ranks) == theory, (_max_comm(ranks), theory)
-
-
-def same_problem(p: Problem, **changes) -> Problem:
-    return replace(p, **changes)
 
 
 def method_tests(cases: dict[str, Problem], exact: list[str] | None = None):

@@ -160,21 +160,8 @@ KERNELS: dict[str, Kernel] = {
     "flash_attn": (_flash_attn_fwd, _flash_attn_bwd),
 }
 
-_override: str | None = None
-
-
-def set_backend(name: str | None) -> None:
-    """Force one backend for this process (None: choose per call)."""
-    if name is not None and name not in KERNELS:
-        raise ValueError(f"unknown attention backend {name!r}; choose from {sorted(KERNELS)}")
-    global _override
-    _override = name
-
-
 def choose_backend(q: torch.Tensor) -> str:
     """Best available kernel for this device and dtype; float64 always takes an exact path."""
-    if _override is not None:
-        return _override
     if q.device.type == "cpu":
         return "cpu_flash"
     if q.dtype in (torch.float16, torch.bfloat16):

@@ -5,7 +5,7 @@ starts) and handed to every rank, to the cost models and to the reference block 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -69,6 +69,3 @@ class Problem:
     def opt(self, key: str, default: Any = None) -> Any:
         value = self.options.get(key, default)
         return default if value is None else value
-
-    def with_(self, **changes: Any) -> "Problem":
-        return replace(self, **changes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import defaultdict
 from fractions import Fraction
 
-KINDS = ("all_gather", "reduce_scatter", "all_to_all", "all_reduce", "send", "broadcast")
 PHASES = ("fwd", "bwd")
 
 
