@@ -209,7 +209,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     row["job_seconds"] = time.monotonic() - started
     write_row(job_dir, row)
     extra = f" error: {row['error']}" if row["error"] else f" step {row['step_time_ms']:.1f} ms"
-    print(f"[{row['status']}] {row['method']} seq_len={row['seq_len']} world_size={row['world_size']}{extra} -> {job_dir}")
+    size = f"frames={row['frames']} spatial={row['spatial']}" if row.get("frames") else f"seq_len={row['seq_len']}"
+    print(f"[{row['status']}] {row['method']} {size} world_size={row['world_size']}{extra} -> {job_dir}")
 
 
 def main() -> None:
