@@ -218,10 +218,12 @@ def _timed_step(model, x, dy, device, poison: bool) -> tuple[float, torch.Tensor
 # ---- verification against the single-device float64 block -----------------------------------------
 
 def _gather_global(local: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
-    parts = [torch.empty((local.shape[0], i.numel(), *local.shape[2:]), dtype=local.dtype, device=local.device)
-             for i in indices]
-    dist.all_gather(parts, local.contiguous())
-    return unshard(parts, indices)
+    """Every rank's shard, reassembled; shards of unequal length travel padded to the longest."""
+    longest = max(i.numel() for i in indices)
+    padded = torch.nn.functional.pad(local, (0, 0, 0, longest - local.shape[1])).contiguous()
+    parts = [torch.empty_like(padded) for _ in indices]
+    dist.all_gather(parts, padded)
+    return unshard([part[:, : i.numel()] for part, i in zip(parts, indices)], indices)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -29,6 +29,7 @@ for n in (2, 4):
     CASES[f"tp_sp-N{n}"] = video("tp_sp", n)
 CASES["dsp-N4-T6-padded"] = video("dsp", 4, frames=6)
 CASES["dsp-N4-T3-fewer-frames-than-ranks"] = video("dsp", 4, frames=3, batch=1)
+CASES["dsp-N4-S6-padded-spatial"] = video("dsp", 4, frames=5, spatial=6)
 
 outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model = method_tests(CASES)
 
@@ -51,7 +52,7 @@ def test_paper_table_in_exact_per_rank_form(n):
 
 
 def test_refused_video_configurations():
-    for p, message in ((video("dsp", 4, spatial=6), "spatial=6 is not divisible"),
+    for p, message in ((video("dsp", 4, spatial=3), "spatial=3 is below world_size=4"),
                        (video("ulysses", 4, frames=6), "frames=6 is not divisible"),
                        (video("dsp", 2, frames=0), "frames >= 1")):
         with pytest.raises(InvalidConfig, match=message):

@@ -4,8 +4,9 @@ all-to-all. The resident shard is S ([B, T, S/N, C]): before each spatial block 
 whole and shards T, after it the inverse switch returns to the S-shard, and the temporal block runs
 locally. 2 all-to-alls per layer forward, 2 backward, each moving (N-1)/N^2 of the activation.
 
-T not divisible by N (including T < N): the switch pads T to a multiple of N and trims it back; padded
-frames never reach the output, so they contribute nothing to results or gradients. No head-count
+T or S not divisible by N (T < N included): the switch pads T to a multiple of N and trims it back,
+and spatial shards (which differ by at most one token) travel padded to the largest; padding never
+reaches a result, so it contributes nothing to outputs or gradients. No head-count
 constraint: switches move whole tokens. Embedded baselines on the same block: methods/dsp/baselines.py.
 """
 from __future__ import annotations
@@ -62,13 +63,18 @@ class DSPModel(nn.Module):
         self.group = group
 
     def forward(self, x_local: torch.Tensor) -> torch.Tensor:
-        m, n = self.model, dist.get_world_size(self.group)
+        m, n, r = self.model, dist.get_world_size(self.group), dist.get_rank(self.group)
         B, _, C = x_local.shape
-        x = x_local.view(B, m.frames, m.spatial // n, C)  # resident: the S-shard
+        sizes = spatial_sizes(m.spatial, n)
+        pad = max(sizes)  # every rank's spatial shard travels padded to the largest
+        real = torch.cat([i * pad + torch.arange(s) for i, s in enumerate(sizes)]).to(x_local.device)
+        x = x_local.view(B, m.frames, sizes[r], C)  # resident: the S-shard
         frames = torch.arange(m.frames, device=x.device)
         for layer in m.blocks:
-            h = switch(x, 2, 1, m.spatial, self.group)  # [B, T/N, S, C]: whole frames for the spatial block
-            x = switch(spatial_stage(layer.spatial, h), 1, 2, m.frames, self.group)  # back to [B, T, S/N, C]
+            h = switch(F.pad(x, (0, 0, 0, pad - sizes[r])), 2, 1, n * pad, self.group)  # [B, T/N, N*pad, C]
+            h = spatial_stage(layer.spatial, h.index_select(2, real))  # whole frames, padding dropped
+            h = h.new_zeros(*h.shape[:2], n * pad, C).index_copy(2, real, h)
+            x = switch(h, 1, 2, m.frames, self.group).narrow(2, 0, sizes[r])  # back to [B, T, S_r, C]
             x = temporal_stage(layer.temporal, x, frames)  # whole T: no communication
         return x.reshape(B, -1, C)
 
@@ -92,18 +98,24 @@ def check_video(p: Problem) -> None:
                             f"frames={p.workload.frames} spatial={p.workload.spatial}")
 
 
+def spatial_sizes(spatial: int, n: int) -> list[int]:
+    """Spatial tokens per rank: as equal as possible (ceil for the first S mod N ranks)."""
+    return [len(chunk) for chunk in torch.arange(spatial).tensor_split(n)]
+
+
 def validate(p: Problem) -> None:
     check_video(p)
-    if p.workload.spatial % p.world_size:
-        raise InvalidConfig(f"workload.spatial={p.workload.spatial} is not divisible by world_size={p.world_size}: "
-                            "DSP keeps the spatial shard resident (frames may be any number, they are padded)")
+    if p.workload.spatial < p.world_size:
+        raise InvalidConfig(f"workload.spatial={p.workload.spatial} is below world_size={p.world_size}: "
+                            "DSP keeps a spatial shard on every rank")
 
 
 def layout(p: Problem) -> list[torch.Tensor]:
-    """Rank r holds spatial tokens [r S/N, (r+1) S/N) of every frame (flattened t-major)."""
+    """Rank r holds its run of spatial positions in every frame (flattened t-major); runs differ by at
+    most one token when N does not divide S."""
     _, T, S = video_shape(p)
     grid = torch.arange(T * S).view(T, S)
-    return [shard.reshape(-1) for shard in grid.chunk(p.world_size, dim=1)]
+    return [shard.reshape(-1) for shard in grid.tensor_split(p.world_size, dim=1)]
 
 
 def build(p: Problem, reference: nn.Module, device: torch.device) -> DSPModel:
@@ -113,12 +125,12 @@ def build(p: Problem, reference: nn.Module, device: torch.device) -> DSPModel:
 # ---- cost model ------------------------------------------------------------------------------------
 
 def comm_cost(p: Problem) -> CommCost:
-    """Per layer and direction: two switches, each an all-to-all of the rank's [B, T_pad, S/N, C]
-    activation (T padded to a multiple of N) = (N-1)/N^2 * M when T divides."""
+    """Per layer and direction: two switches, each an all-to-all of the rank's [B, T_pad, S_pad/N, C]
+    activation (T and S padded to multiples of N) = (N-1)/N^2 * M when both divide."""
     B, T, S = video_shape(p)
     n, e = p.world_size, p.elem_bytes
     t_pad = -(-T // n) * n
-    local = B * t_pad * (S // n) * p.model.hidden * e
+    local = B * t_pad * max(spatial_sizes(S, n)) * p.model.hidden * e
     cost = CommCost()
     for phase in ("fwd", "bwd"):
         cost.add(phase, "all_to_all", local, n, times=2 * p.model.layers)
