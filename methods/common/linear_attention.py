@@ -10,7 +10,6 @@ Shapes as the softmax kernels: q [B, L, H, D], k/v [B, L, Hkv, D], GQA by repeat
 """
 from __future__ import annotations
 
-import math
 
 import torch
 

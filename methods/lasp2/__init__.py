@@ -13,7 +13,6 @@ parallelism (methods/allgather_cp) on the same contiguous layout.
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
