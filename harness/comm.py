@@ -52,12 +52,12 @@ def _nbytes(x) -> int:
     return 0
 
 
-def _group_size(pg) -> int:
+def _group(pg) -> dist.ProcessGroup:
     if isinstance(pg, str):
-        return dist.distributed_c10d._resolve_process_group(pg).size()
+        return dist.distributed_c10d._resolve_process_group(pg)
     if isinstance(pg, torch.ScriptObject):
-        return dist.ProcessGroup.unbox(pg).size()
-    return pg.size()
+        return dist.ProcessGroup.unbox(pg)
+    return pg
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class Record:
     op: str
     group_size: int
     full_bytes: int
+    ranks: tuple[int, ...]  # the group's global ranks: where its links are (intra- or inter-node)
 
 
 class CommCounter(TorchDispatchMode):
@@ -82,21 +83,21 @@ class CommCounter(TorchDispatchMode):
         ns, name = func.namespace, func._opname
         if ns == "c10d" and name in _C10D:
             kind, tensor_arg, group_arg = _C10D[name]
-            self._record(kind, name, _group_size(args[group_arg]), _nbytes(args[tensor_arg]))
+            self._record(kind, name, _group(args[group_arg]), _nbytes(args[tensor_arg]))
         elif ns == "_c10d_functional" and name in _FUNCTIONAL:
             self._record_functional(_FUNCTIONAL[name], name, args)
         return func(*args, **kwargs)
 
     def _record_functional(self, kind: str, name: str, args) -> None:
-        group_name = args[-1]
-        n = _group_size(group_name)
+        group = _group(args[-1])
         full = _nbytes(args[0])
         if kind == "all_gather":
-            full *= n  # the op's input is the local shard; the convention counts the output
-        self._record(kind, name, n, full)
+            full *= group.size()  # the op's input is the local shard; the convention counts the output
+        self._record(kind, name, group, full)
 
-    def _record(self, kind: str, op: str, n: int, full: int) -> None:
-        self.records.append(Record(self.phase, kind, op, n, full))
+    def _record(self, kind: str, op: str, group: dist.ProcessGroup, full: int) -> None:
+        ranks = tuple(dist.get_process_group_ranks(group))
+        self.records.append(Record(self.phase, kind, op, group.size(), full, ranks))
 
     def cost(self) -> CommCost:
         cost = CommCost()

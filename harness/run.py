@@ -27,8 +27,9 @@ from .flops import step_flops
 from .groups import CONF_DIR, rewrite_unknown_choices
 from .launch import ChildFailedError, LaunchTimeout, launch
 from .problem import problem_from_cfg, resolve_backend
+from .projection import comm_seconds
 from .results import ROW_FILE, read_row, write_row
-from .worker import Fault, Job, entry
+from .worker import Fault, Job, entry, entry_single
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,8 +42,10 @@ def _git_sha() -> str | None:
         return None
 
 
-def _device_name(backend: str) -> str:
-    if backend == "nccl":
+def _device_name(backend: str, mode: str) -> str:
+    if mode == "dryrun":
+        return "fake"
+    if backend == "nccl" or (mode == "emulate" and torch.cuda.is_available()):
         return torch.cuda.get_device_name(0)
     return platform.processor() or platform.machine() or "cpu"
 
@@ -81,21 +84,44 @@ def _max_comm(per_rank: list[dict]) -> dict:
     return out
 
 
-def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig) -> dict:
-    """Aggregate the ranks' measurements: step time = max over ranks per iteration, then median/p10/p90."""
-    iters = zip(*(r["step_times_s"] for r in per_rank))
-    step_s = [max(it) for it in iters]
-    median = statistics.median(step_s)
+def _rates(problem: Problem, seconds: float, hardware: DictConfig, suffix: str = "") -> dict:
+    """Throughput and MFU of a step of `seconds`. `mfu` counts causal-effective FLOPs (the masked
+    half of causal attention removed), `mfu_dense` counts causal attention as dense."""
     dense, effective = step_flops(problem)
-    tflops = effective / problem.world_size / median / 1e12
     peak = (hardware.get("peak_tflops") or {}).get(problem.dtype)
+    per_gpu = {"": effective / problem.world_size / seconds / 1e12, "_dense": dense / problem.world_size / seconds / 1e12}
+    row = {f"tokens_per_s{suffix}": problem.workload.tokens / seconds}
+    for kind, tflops in per_gpu.items():
+        row[f"tflops_per_gpu{kind}{suffix}"] = tflops
+        row[f"mfu{kind}{suffix}"] = tflops / peak if peak else None
+    return row
+
+
+def _timing(problem: Problem, per_rank: list[dict], hardware: DictConfig, mode: str, comm_s: float) -> dict:
+    """Real: step time = max over ranks per iteration, then median/p10/p90. Emulate: the played rank's
+    compute time plus the projected communication (no overlap), and the perfect-overlap bound."""
+    step_s = [max(it) for it in zip(*(r["step_times_s"] for r in per_rank))]
+    row: dict = {}
+    if mode == "emulate":
+        compute = statistics.median(step_s)
+        row.update({"compute_time_ms": 1e3 * compute, "step_time_ms_overlap": 1e3 * max(compute, comm_s)})
+        row.update(_rates(problem, compute, hardware, "_compute"))
+        row.update(_rates(problem, max(compute, comm_s), hardware, "_overlap"))
+        step_s = [s + comm_s for s in step_s]
+    median = statistics.median(step_s)
+    row.update({"step_time_ms": 1e3 * median, "step_time_ms_p10": 1e3 * _percentile(step_s, 0.1),
+                "step_time_ms_p90": 1e3 * _percentile(step_s, 0.9), "step_times_ms": [1e3 * t for t in step_s]})
+    return {**row, **_rates(problem, median, hardware)}
+
+
+def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig, mode: str = "real") -> dict:
+    """The row's measurements from the ranks' results (one result in emulate and dryrun)."""
+    dense, effective = step_flops(problem)
     comm = _max_comm(per_rank)
     theory = methods.for_problem(problem).comm_cost(problem).as_dict()
+    comm_s = max(comm_seconds(r["comm_records"], hardware) for r in per_rank)
     row = {
-        "step_time_ms": 1e3 * median, "step_time_ms_p10": 1e3 * _percentile(step_s, 0.1),
-        "step_time_ms_p90": 1e3 * _percentile(step_s, 0.9), "step_times_ms": [1e3 * t for t in step_s],
-        "tokens_per_s": problem.workload.tokens / median, "model_flops": dense, "model_flops_effective": effective,
-        "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
+        "model_flops": dense, "model_flops_effective": effective,
         "peak_mem_bytes": max(r.get("peak_mem_bytes", 0) for r in per_rank),
         "peak_mem_reserved_bytes": max(r.get("peak_mem_reserved_bytes", 0) for r in per_rank) or None,  # CUDA
         "peak_mem_detail": per_rank[0].get("peak_mem_detail"),
@@ -103,7 +129,10 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig) -> dic
         "comm_bytes_fwd": sum(comm["fwd"].values()), "comm_bytes_bwd": sum(comm["bwd"].values()),
         "theory_comm_bytes_fwd": sum(theory["fwd"].values()), "theory_comm_bytes_bwd": sum(theory["bwd"].values()),
         "comm_detail": comm, "theory_comm_detail": theory, "comm_calls": per_rank[0]["comm_calls"],
+        "projected_comm_ms": 1e3 * comm_s,
     }
+    if per_rank[0]["step_times_s"]:
+        row.update(_timing(problem, per_rank, hardware, mode, comm_s))
     if "verify_out_rel_err" in per_rank[0]:
         row["verify_out_rel_err"] = max(r["verify_out_rel_err"] for r in per_rank if "verify_out_rel_err" in r)
         row["verify_grad_rel_err"] = max(r["verify_grad_rel_err"] for r in per_rank if "verify_grad_rel_err" in r)
@@ -157,6 +186,20 @@ def fault_from_cfg(cfg: DictConfig) -> Fault:
     return Fault(kind, int(f.get("rank", 0)), int(f.get("step", 0)))
 
 
+MODES = ("real", "emulate", "dryrun")
+
+
+def _check_mode(cfg: DictConfig) -> tuple[str, int]:
+    mode, play_rank = str(cfg.get("mode")), cfg.get("play_rank", 0)
+    if mode not in MODES:
+        raise InvalidConfig(f"mode={mode!r} is not one of {', '.join(MODES)}")
+    if mode != "real" and cfg.get("verify"):
+        raise InvalidConfig(f"verify=true needs mode=real: mode={mode} computes against a fake process group")
+    if not isinstance(play_rank, int) or not 0 <= play_rank < cfg.world_size:
+        raise InvalidConfig(f"play_rank must be a rank of the world (0..{cfg.world_size - 1}), got {play_rank!r}")
+    return mode, play_rank
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Identity of a job's configuration for resuming: everything but `resume` and Hydra's own keys."""
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -173,26 +216,28 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
            "hardware": (cfg.get("hardware") or {}).get("name"), **config_fields(cfg),
            "status": "ok", "error": None}
     try:
-        if cfg.mode != "real":
-            raise InvalidConfig(f"mode {cfg.mode!r} is not available yet; use mode=real")
-        backend = resolve_backend(cfg)
+        mode, play_rank = _check_mode(cfg)
+        backend = resolve_backend(cfg) if mode == "real" else "fake"
         problem = problem_from_cfg(cfg)
         fault = fault_from_cfg(cfg)
     except InvalidConfig as e:
         return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
-    row.update(backend=backend, device_name=_device_name(backend))
+    row.update(backend=backend, device_name=_device_name(backend, mode))
     # a collective waiting on a dead or hung peer gives up before the watchdog ends the job
     job = Job(problem, backend, seed=cfg.seed, warmup=cfg.bench.warmup, iters=cfg.bench.iters,
-              verify=cfg.verify, pg_timeout_s=0.75 * cfg.bench.timeout_s, fault=fault)
+              verify=cfg.verify, pg_timeout_s=0.75 * cfg.bench.timeout_s, fault=fault, mode=mode,
+              play_rank=play_rank)
+    single = mode != "real"  # emulate and dryrun: one process plays one rank
     try:
-        per_rank = [r[0] for _, r in sorted(launch(entry, ([job],), problem.world_size, job_dir / "ranks",
+        per_rank = [r[0] for _, r in sorted(launch(entry_single if single else entry, ([job],),
+                                                   1 if single else problem.world_size, job_dir / "ranks",
                                                    timeout_s=cfg.bench.timeout_s).items())]
     except LaunchTimeout as e:
         return {**row, "status": "timeout", "error": str(e)}
     except ChildFailedError as e:
         status, reason = classify_failure(e)
         return {**row, "status": status, "error": reason}
-    return {**row, **metrics(problem, per_rank, cfg.hardware)}
+    return {**row, "play_rank": play_rank if single else None, **metrics(problem, per_rank, cfg.hardware, mode)}
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -208,9 +253,14 @@ def _hydra_main(cfg: DictConfig) -> None:
     row = execute(cfg, job_dir)
     row["job_seconds"] = time.monotonic() - started
     write_row(job_dir, row)
-    extra = f" error: {row['error']}" if row["error"] else f" step {row['step_time_ms']:.1f} ms"
+    if row["error"]:
+        extra = f" error: {row['error']}"
+    elif row.get("step_time_ms") is None:  # dryrun: no time, only bytes
+        extra = f" peak {row['peak_mem_bytes'] / 2**30:.2f} GiB, comm {(row['comm_bytes_fwd'] + row['comm_bytes_bwd']) / 2**30:.2f} GiB"
+    else:
+        extra = f" step {row['step_time_ms']:.1f} ms"
     size = f"frames={row['frames']} spatial={row['spatial']}" if row.get("frames") else f"seq_len={row['seq_len']}"
-    print(f"[{row['status']}] {row['method']} {size} world_size={row['world_size']}{extra} -> {job_dir}")
+    print(f"[{row['status']}] {row['mode']} {row['method']} {size} world_size={row['world_size']}{extra} -> {job_dir}")
 
 
 def main() -> None:

@@ -1,11 +1,16 @@
 """What every rank runs for one job: build the method from the reference weights, run one counted
 step, optionally verify it against the float64 reference, then warm up and time plain steps.
 
-Counting (and CPU memory tracking) happen on a step of their own, so the timed steps run bare."""
+Counting (and CPU memory tracking) happen on a step of their own, so the timed steps run bare.
+In mode=emulate and mode=dryrun one process plays one rank over a fake process group (collectives
+return at once, their outputs unwritten, and the counter still sees every one); dryrun also makes
+every tensor fake, so nothing is computed or allocated and only shapes, bytes and memory are real."""
 from __future__ import annotations
 
 import os
 import time
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
@@ -19,6 +24,7 @@ from methods.common.layers import build_reference
 from methods.common.layout import shard, unshard
 
 from .comm import CommCounter
+from .memory import PeakMemory
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class Job:
     verify: bool = False
     pg_timeout_s: float = 300.0
     fault: Fault = Fault()
+    mode: str = "real"  # real | emulate | dryrun
+    play_rank: int = 0  # emulate / dryrun: the rank of the world this process plays
 
 
 class NonFiniteError(RuntimeError):
@@ -102,6 +110,27 @@ def call_in_group(fn: Callable[..., Any], args: tuple = (), backend: str = "gloo
         dist.destroy_process_group()
 
 
+def entry_single(jobs: list[Job]) -> list[dict]:
+    """Launch entry point of mode=emulate and mode=dryrun (one process): each job plays its
+    `play_rank` of `world_size` over a fake process group, on the GPU when emulating on a GPU box."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
+    results = []
+    for job in jobs:
+        device = torch.device("cpu")
+        if job.mode == "emulate" and torch.cuda.is_available():
+            device = torch.device("cuda", 0)
+            torch.cuda.set_device(device)
+        elif job.mode == "emulate":
+            # unwritten receive buffers may hold denormals, which would slow CPU arithmetic down
+            torch.set_flush_denormal(True)
+        dist.init_process_group("fake", store=FakeStore(), rank=job.play_rank, world_size=job.problem.world_size)
+        try:
+            results.append(run_job(job, device))
+        finally:
+            dist.destroy_process_group()
+    return results
+
+
 def _global_inputs(p: Problem, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The global input x and upstream gradient dy [B, tokens, d] in float64, the same on every rank."""
     shape = (p.workload.batch_size, _tokens_axis(p), p.model.hidden)
@@ -113,7 +142,10 @@ def _inputs(job: Job, index: torch.Tensor, device: torch.device) -> tuple[torch.
     """This rank's x (requiring grad) and dy. Verified runs slice the global tensors; timed-only runs
     draw the local shard directly (a paper-scale global input need not fit anywhere)."""
     p = job.problem
-    if job.verify:
+    if job.mode == "dryrun":
+        shape = (p.workload.batch_size, index.numel(), p.model.hidden)
+        x, dy = torch.empty(shape), torch.empty(shape)
+    elif job.verify:
         x, dy = (shard(t, index) for t in _global_inputs(p, job.seed))
     else:
         gen = torch.Generator().manual_seed(job.seed + 1 + dist.get_rank())
@@ -151,14 +183,11 @@ def _counted_step(model, x, dy, device, poison: bool) -> tuple[torch.Tensor, Com
     """One step under the communication counter (and, on CPU, the tensor-level memory tracker)."""
     memory: dict = {}
     if device.type == "cpu":
-        from torch.distributed._tools.mem_tracker import MemTracker
-        tracker = MemTracker()
-        tracker.track_external(model, x, dy)
+        tracker = PeakMemory([*model.parameters(), *model.buffers()], [x, dy])
         with tracker, CommCounter() as counter:
             y = _step(model, x, dy, counter, poison)
-        peak = tracker.get_tracker_snapshot("peak")[device]
-        memory = {"peak_mem_bytes": int(peak["Total"]), "peak_mem_detail": {str(k).split(".")[-1].lower(): int(v)
-                  for k, v in peak.items() if k != "Total"}}
+        peak, detail = tracker.peak([x.grad, *(p.grad for p in model.parameters())])
+        memory = {"peak_mem_bytes": peak, "peak_mem_detail": detail}
     else:
         with CommCounter() as counter:
             y = _step(model, x, dy, counter, poison)
@@ -166,7 +195,18 @@ def _counted_step(model, x, dy, device, poison: bool) -> tuple[torch.Tensor, Com
 
 
 def run_job(job: Job, device: torch.device) -> dict:
+    if job.mode != "dryrun":
+        return _run_job(job, device)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():  # layout indices are real
+        # deep-copying a fake parameter reads its (absent) data pointer; harmless here
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+        return _run_job(job, device)
+
+
+def _run_job(job: Job, device: torch.device) -> dict:
     p = job.problem
+    real = job.mode == "real"  # only real collectives write their outputs: finite checks need them
     method = methods.for_problem(p)
     rank = dist.get_rank()
     index = method.layout(p)[rank]
@@ -177,8 +217,10 @@ def run_job(job: Job, device: torch.device) -> dict:
     x, dy = _inputs(job, index, device)
 
     y, counter, memory = _counted_step(model, x, dy, device, _inject(job.fault, 0))
-    _check_finite(y, x, model, 0)
-    result: dict = {"rank": rank, "comm": counter.cost().as_dict(), "comm_calls": counter.calls(), **memory}
+    if real:
+        _check_finite(y, x, model, 0)
+    result: dict = {"rank": rank, "comm": counter.cost().as_dict(), "comm_calls": counter.calls(),
+                    "comm_records": counter.records, **memory}
     if job.verify:
         result.update(verify(job, method, model, reference, x, y, device))
         del reference
@@ -188,11 +230,13 @@ def run_job(job: Job, device: torch.device) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for step in range(1, 1 + job.warmup + job.iters):
+    steps = 0 if job.mode == "dryrun" else job.warmup + job.iters  # a fake step takes no time
+    for step in range(1, 1 + steps):
         _zero_grads(model, x)
         seconds, y = _timed_step(model, x, dy, device, _inject(job.fault, step))
         times.append(seconds)
-        _check_finite(y, x, model, step)
+        if real:
+            _check_finite(y, x, model, step)
     result["step_times_s"] = times[job.warmup:]
     if device.type == "cuda":
         result["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated())

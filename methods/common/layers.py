@@ -5,6 +5,7 @@ parallel block that matches it is right, not merely consistent with itself.
 """
 from __future__ import annotations
 
+import copy
 import math
 from functools import partial
 from typing import Callable
@@ -199,4 +200,19 @@ def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.
         model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
     else:
         raise KeyError(f"no reference block registered for model kind {cfg.kind!r}")
-    return init_weights_(model.to(torch.float64), seed).to(device=device, dtype=dtype)
+    return to_(init_weights_(to_(model, dtype=torch.float64), seed), device, dtype)
+
+
+def to_(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """`module.to(device, dtype)` by rebinding each parameter and buffer (floating ones take `dtype`),
+    in place. Module.to() swaps tensors in place, which fake tensors (mode=dryrun) refuse."""
+    for mod in module.modules():
+        for name, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
+            new = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None)
+            setattr(mod, name, nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new)
+    return module
+
+
+def copy_to(module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+    """A deep copy of `module` on `device` in `dtype` (see `to_`)."""
+    return to_(copy.deepcopy(module), device, dtype)

@@ -3,7 +3,6 @@ core: the shape shared by every method that only changes how attention sees the 
 (Ulysses, Ring, USP, all-gather CP, ...)."""
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -13,7 +12,7 @@ from torch import nn
 from .collectives import sum_grads
 from .config import Problem
 from .cost import CommCost
-from .layers import AttentionCore
+from .layers import AttentionCore, copy_to
 from .zero3 import full_grad, shard_, unit_cost
 
 
@@ -23,7 +22,7 @@ class ReplicatedSequenceModel(nn.Module):
     def __init__(self, reference: nn.Module, positions: torch.Tensor, causal: bool, core: AttentionCore,
                  group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device, zero3: bool = False):
         super().__init__()
-        self.model = copy.deepcopy(reference).to(device=device, dtype=dtype)
+        self.model = copy_to(reference, device, dtype)
         self.register_buffer("positions", positions.to(device), persistent=False)
         self.causal, self.core, self.group, self.zero3 = causal, core, group, zero3
         if zero3:

@@ -11,7 +11,6 @@ constraint: switches move whole tokens. Embedded baselines on the same block: me
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.distributed as dist
@@ -22,6 +21,7 @@ from methods import Method, register
 from methods.common.collectives import sum_grads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
+from methods.common.layers import copy_to
 from methods.common.replicated import param_sync_cost
 from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
 
@@ -59,7 +59,7 @@ def switch(x: torch.Tensor, gather_dim: int, scatter_dim: int, gather_len: int, 
 class DSPModel(nn.Module):
     def __init__(self, reference: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device):
         super().__init__()
-        self.model = copy.deepcopy(reference).to(device=device, dtype=dtype)
+        self.model = copy_to(reference, device, dtype)
         self.group = group
 
     def forward(self, x_local: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ temporal attention communicates, through Ulysses or Ring; Megatron-SP (TP-SP) co
 every attention and MLP. Registered as the `video` variants of ulysses, ring and tp_sp."""
 from __future__ import annotations
 
-import copy
 from functools import partial
 
 import torch
@@ -18,7 +17,7 @@ from methods.common.attention import attention
 from methods.common.collectives import all_gather_dim, heads_to_seq, reduce_scatter_seq, seq_to_heads, sum_grads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import apply_rope, rope_cos_sin
+from methods.common.layers import apply_rope, copy_to, rope_cos_sin
 from methods.common.replicated import param_sync_cost
 from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
 from methods.ring import attention_cost as ring_cost
@@ -142,8 +141,8 @@ class TPVideoBlock(nn.Module):
         c, n, r = ref.attn.cfg, dist.get_world_size(group), dist.get_rank(group)
         self.cfg, self.group, self.use_rope = c, group, ref.attn.use_rope
         self.heads, self.kv_heads = c.heads // n, c.kv_heads // n
-        self.norm1 = copy.deepcopy(ref.norm1).to(device=device, dtype=dtype)  # replicated
-        self.norm2 = copy.deepcopy(ref.norm2).to(device=device, dtype=dtype)
+        self.norm1 = copy_to(ref.norm1, device, dtype)  # replicated
+        self.norm2 = copy_to(ref.norm2, device, dtype)
         a = ref.attn
         self.wqkv = _param(torch.cat([rows(a.wq.weight, r, n), rows(a.wk.weight, r, n), rows(a.wv.weight, r, n)]), dtype, device)
         self.wo = _param(cols(a.wo.weight, r, n), dtype, device)

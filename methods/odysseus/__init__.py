@@ -5,7 +5,6 @@ again for backward, gradients reduce-scattered with SUM semantics. Norm weights 
 (one SUM all-reduce of their gradients)."""
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.distributed as dist
@@ -15,6 +14,7 @@ from methods import Method, register
 from methods.common import layout as layouts
 from methods.common.config import Problem
 from methods.common.cost import CommCost
+from methods.common.layers import copy_to
 from methods.common.zero3 import full_grad, shard_, unit_cost
 from methods.tp_sp import TPSPModel, attention_cost, check_heads, norm_sync_cost
 
@@ -24,7 +24,7 @@ class ZeRO3MLP(nn.Module):
 
     def __init__(self, ref_mlp: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device):
         super().__init__()
-        self.mlp = shard_(copy.deepcopy(ref_mlp).to(device=device, dtype=dtype), group, device)
+        self.mlp = shard_(copy_to(ref_mlp, device, dtype), group, device)
 
     def forward(self, x_local: torch.Tensor) -> torch.Tensor:
         return self.mlp(x_local)

@@ -9,7 +9,6 @@ the replicated norm-weight gradients per step.
 """
 from __future__ import annotations
 
-import copy
 
 from typing import Callable
 
@@ -23,7 +22,7 @@ from methods.common import layout as layouts
 from methods.common.collectives import all_gather_dim, reduce_scatter_dim, reduce_scatter_seq, sum_grads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import apply_rope, rope_cos_sin
+from methods.common.layers import apply_rope, copy_to, rope_cos_sin
 
 
 class _ColumnLinearSP(torch.autograd.Function):
@@ -126,8 +125,8 @@ class TPSPBlock(nn.Module):
     def __init__(self, ref_block: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device,
                  make_mlp: MLPBuilder = TensorParallelMLP):
         super().__init__()
-        self.attn_norm = copy.deepcopy(ref_block.attn_norm).to(device=device, dtype=dtype)  # replicated
-        self.mlp_norm = copy.deepcopy(ref_block.mlp_norm).to(device=device, dtype=dtype)
+        self.attn_norm = copy_to(ref_block.attn_norm, device, dtype)  # replicated
+        self.mlp_norm = copy_to(ref_block.mlp_norm, device, dtype)
         self.attn = TensorParallelAttention(ref_block.attn, group, dtype, device)
         self.mlp = make_mlp(ref_block.mlp, group, dtype, device)
 
