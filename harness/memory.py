@@ -22,7 +22,8 @@ def _storage(t: torch.Tensor) -> torch.UntypedStorage:
 
 
 class PeakMemory(TorchDispatchMode):
-    """`with PeakMemory(params, inputs) as m: step()`, then `m.peak(grads)` -> (bytes, {category: bytes})."""
+    """`with PeakMemory(params, inputs) as m: step()`, then `m.peak(grads)` -> (bytes, {category: bytes});
+    `m.live()` during the step gives what is alive at that moment."""
 
     def __init__(self, params: Iterable[torch.Tensor], inputs: Iterable[torch.Tensor]) -> None:
         super().__init__()
@@ -42,7 +43,29 @@ class PeakMemory(TorchDispatchMode):
         self.alive[id(storage)] = entry
         self._refs.append(weakref.ref(storage, lambda _, key=id(storage), e=entry: self._release(key, e)))
 
+    def __enter__(self) -> "PeakMemory":
+        # FSDP2 frees and re-allocates gathered parameters by resizing their storage in place, which
+        # no op shows: follow storage resizes while the mode is on
+        self._resize = resize = torch.UntypedStorage.resize_
+
+        def tracked_resize(storage: torch.UntypedStorage, size: int):
+            out = resize(storage, size)
+            entry = self.alive.get(id(storage))
+            if entry is not None and storage.nbytes() != entry[0]:
+                self._release(id(storage), entry)
+                self._track(storage, entry[3], self.clock)
+            return out
+
+        torch.UntypedStorage.resize_ = tracked_resize
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        torch.UntypedStorage.resize_ = self._resize
+        return super().__exit__(*exc)
+
     def _release(self, key: int, entry: list) -> None:
+        if entry[2] is not None:  # already closed by a resize
+            return
         self.clock += 1
         entry[2] = self.clock
         if self.alive.get(key) is entry:
@@ -55,6 +78,13 @@ class PeakMemory(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self._track(_storage(t), "act", self.clock)
         return out
+
+    def live(self) -> dict[str, int]:
+        """Bytes alive now, by category (e.g. at the end of the forward: the saved activations)."""
+        detail = {"param": 0, "input": 0, "grad": 0, "act": 0}
+        for entry in self.alive.values():
+            detail[entry[3]] += entry[0]
+        return detail
 
     def peak(self, grads: Iterable[torch.Tensor]) -> tuple[int, dict[str, int]]:
         """Peak live bytes during the step and their split by category; `grads` are the tensors

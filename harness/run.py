@@ -118,14 +118,20 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig, mode: 
     """The row's measurements from the ranks' results (one result in emulate and dryrun)."""
     dense, effective = step_flops(problem)
     comm = _max_comm(per_rank)
-    theory = methods.for_problem(problem).comm_cost(problem).as_dict()
+    method = methods.for_problem(problem)
+    theory = method.comm_cost(problem).as_dict()
+    memory = method.memory_cost(problem) if method.memory_cost else None
     comm_s = max(comm_seconds(r["comm_records"], hardware) for r in per_rank)
     row = {
         "model_flops": dense, "model_flops_effective": effective,
         "peak_mem_bytes": max(r.get("peak_mem_bytes", 0) for r in per_rank),
         "peak_mem_reserved_bytes": max(r.get("peak_mem_reserved_bytes", 0) for r in per_rank) or None,  # CUDA
         "peak_mem_detail": per_rank[0].get("peak_mem_detail"),
-        "theory_mem_bytes": None,
+        # what the forward left alive for the backward (saved activations and the output); CPU tracker only
+        "mem_fwd_end_detail": per_rank[0].get("mem_fwd_end_detail"),
+        "mem_end_detail": per_rank[0].get("mem_end_detail"),  # after the step: the gradients are there
+        "theory_mem_bytes": memory.total if memory else None,
+        "theory_mem_detail": memory.as_dict() if memory else None,
         "comm_bytes_fwd": sum(comm["fwd"].values()), "comm_bytes_bwd": sum(comm["bwd"].values()),
         "theory_comm_bytes_fwd": sum(theory["fwd"].values()), "theory_comm_bytes_bwd": sum(theory["bwd"].values()),
         "comm_detail": comm, "theory_comm_detail": theory, "comm_calls": per_rank[0]["comm_calls"],

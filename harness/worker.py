@@ -166,31 +166,33 @@ def _zero_grads(model: torch.nn.Module, x: torch.Tensor) -> None:
     x.grad = None
 
 
-def _step(model, x, dy, counter: CommCounter | None = None, poison: bool = False) -> torch.Tensor:
-    if counter is not None:
-        counter.phase = "fwd"
+def _step(model, x, dy, poison: bool = False, at_backward: Callable[[], None] | None = None) -> torch.Tensor:
     y = model(x)
     if poison:
         y = y * float("nan")
-    if counter is not None:
-        counter.phase = "bwd"
+    if at_backward is not None:
+        at_backward()
     y.backward(dy)
     model.finish_grads()
     return y
 
 
 def _counted_step(model, x, dy, device, poison: bool) -> tuple[torch.Tensor, CommCounter, dict]:
-    """One step under the communication counter (and, on CPU, the tensor-level memory tracker)."""
+    """One step under the communication counter (and, on CPU, the tensor-level memory tracker, which
+    also reads what the forward left alive: the saved activations and the output)."""
     memory: dict = {}
-    if device.type == "cpu":
-        tracker = PeakMemory([*model.parameters(), *model.buffers()], [x, dy])
-        with tracker, CommCounter() as counter:
-            y = _step(model, x, dy, counter, poison)
+    tracker = PeakMemory([*model.parameters(), *model.buffers()], [x, dy]) if device.type == "cpu" else None
+
+    def at_backward() -> None:
+        counter.phase = "bwd"
+        if tracker is not None:
+            memory["mem_fwd_end_detail"] = tracker.live()
+
+    with tracker or nullcontext(), CommCounter() as counter:
+        y = _step(model, x, dy, poison, at_backward)
+    if tracker is not None:
         peak, detail = tracker.peak([x.grad, *(p.grad for p in model.parameters())])
-        memory = {"peak_mem_bytes": peak, "peak_mem_detail": detail}
-    else:
-        with CommCounter() as counter:
-            y = _step(model, x, dy, counter, poison)
+        memory.update(peak_mem_bytes=peak, peak_mem_detail=detail, mem_end_detail=tracker.live())
     return y, counter, memory
 
 
@@ -249,13 +251,13 @@ def _timed_step(model, x, dy, device, poison: bool) -> tuple[float, torch.Tensor
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         dist.barrier()
         start.record()
-        y = _step(model, x, dy, poison=poison)
+        y = _step(model, x, dy, poison)
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3, y
     dist.barrier()
     t0 = time.perf_counter()
-    y = _step(model, x, dy, poison=poison)
+    y = _step(model, x, dy, poison)
     return time.perf_counter() - t0, y
 
 

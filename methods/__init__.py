@@ -12,6 +12,7 @@ from torch import nn
 
 from .common.config import InvalidConfig, Problem
 from .common.cost import CommCost
+from .common.memory import MemCost
 
 
 class ParallelModel(Protocol):
@@ -31,6 +32,7 @@ class Method:
     layout: Callable[[Problem], list[torch.Tensor]]  # global token indices held by each rank
     build: Callable[[Problem, nn.Module, torch.device], nn.Module]  # (problem, reference, device) -> ParallelModel
     comm_cost: Callable[[Problem], CommCost]  # exact per-rank bytes of one step
+    memory_cost: Callable[[Problem], MemCost] | None = None  # per-rank memory of one step, by category
     workloads: tuple[str, ...] = ("llm",)
     model_kinds: tuple[str, ...] = ("llama",)
 

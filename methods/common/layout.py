@@ -3,9 +3,23 @@ into the token axis; sharding is `index_select`, reassembly is the inverse scatt
 its positions from the same indices, so positions always follow the layout."""
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from .config import InvalidConfig
+
+
+def real_indices(layout: Callable[..., list[torch.Tensor]]) -> Callable[..., list[torch.Tensor]]:
+    """Decorates a method's layout: index tensors are metadata that code reads as numbers, so they
+    stay real tensors even inside a dryrun's fake-tensor mode."""
+    @functools.wraps(layout)
+    def real(*args, **kwargs) -> list[torch.Tensor]:
+        with unset_fake_temporarily():
+            return layout(*args, **kwargs)
+    return real
 
 
 def contiguous(length: int, n: int) -> list[torch.Tensor]:

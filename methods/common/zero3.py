@@ -8,6 +8,7 @@ import math
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 
@@ -17,7 +18,8 @@ from .cost import CommCost
 
 def shard_(module: nn.Module, group: dist.ProcessGroup, device: torch.device) -> nn.Module:
     """Make `module` one FSDP2 unit over `group` (in place)."""
-    mesh = DeviceMesh.from_group(group, device.type)
+    with unset_fake_temporarily():  # the mesh keeps its rank map as real tensors (mode=dryrun)
+        mesh = DeviceMesh.from_group(group, device.type)
     fully_shard(module, mesh=mesh, reshard_after_forward=True)
     module.set_gradient_divide_factor(1.0)
     if device.type == "cpu":  # gloo has no PREMUL_SUM, which a divide factor would otherwise select

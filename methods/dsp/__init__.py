@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods import Method, register
+from methods.common import layout as layouts
 from methods.common.collectives import sum_grads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
@@ -110,6 +111,7 @@ def validate(p: Problem) -> None:
                             "DSP keeps a spatial shard on every rank")
 
 
+@layouts.real_indices
 def layout(p: Problem) -> list[torch.Tensor]:
     """Rank r holds its run of spatial positions in every frame (flattened t-major); runs differ by at
     most one token when N does not divide S."""

@@ -66,6 +66,7 @@ def spatial_ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     return o.view(batch, spatial, *o.shape[1:]).transpose(1, 2).reshape(q.shape)
 
 
+@layouts.real_indices
 def frame_layout(p: Problem) -> list[torch.Tensor]:
     return layouts.contiguous(p.workload.frames * p.workload.spatial, p.world_size)
 

@@ -37,6 +37,7 @@ def validate(p: Problem) -> None:
     check_heads(p)
 
 
+@layouts.real_indices
 def layout(p: Problem) -> list[torch.Tensor]:
     return layouts.make("contiguous", p.workload.seq_len, p.world_size)
 

@@ -133,6 +133,7 @@ def validate(p: Problem) -> None:
     layouts.check_divisible(ring_layout(p), p.workload.seq_len, p.world_size)
 
 
+@layouts.real_indices
 def layout(p: Problem) -> list[torch.Tensor]:
     return layouts.make(ring_layout(p), p.workload.seq_len, p.world_size)
 

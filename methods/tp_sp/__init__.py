@@ -186,6 +186,7 @@ def validate(p: Problem) -> None:
                                 "column-parallel linears give each rank an equal slice")
 
 
+@layouts.real_indices
 def layout(p: Problem) -> list[torch.Tensor]:
     return layouts.make("contiguous", p.workload.seq_len, p.world_size)
 

@@ -57,6 +57,7 @@ def validate(p: Problem) -> None:
     layouts.check_divisible("contiguous", p.workload.seq_len, p.world_size)
 
 
+@layouts.real_indices
 def layout(p: Problem) -> list[torch.Tensor]:
     return layouts.make("contiguous", p.workload.seq_len, p.world_size)
 

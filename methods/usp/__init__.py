@@ -83,6 +83,7 @@ def validate(p: Problem) -> None:
                             f"ulysses_degree {ud} (each ring segment is split over the Ulysses ranks)")
 
 
+@layouts.real_indices
 def layout(p: Problem) -> list[torch.Tensor]:
     ud, rd = degrees(p)
     segments = layouts.make(ring_layout(p), p.workload.seq_len, rd)
