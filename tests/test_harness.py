@@ -43,6 +43,9 @@ def test_multirun_writes_one_row_per_point(tmp_path):
      "ulysses_degree x method.ring_degree must equal world_size=4"),
     (["method=ring", "world_size=4", "workload.seq_len=36"], "seq_len 36 is not divisible by 8"),
     (["method=ulysses", "world_size=2", "fault.kind=segfault"], "fault.kind='segfault' is not one of"),
+    (["method=ulysses", "world_size=2", "mode=simulate"], "mode='simulate' is not one of real, emulate, dryrun"),
+    (["method=ulysses", "world_size=2", "mode=dryrun", "verify=true"], "verify=true needs mode=real"),
+    (["method=ulysses", "world_size=2", "mode=emulate", "play_rank=2"], "play_rank must be a rank of the world"),
 ])
 def test_bad_input_is_an_invalid_row_without_ranks(tmp_path, overrides, message):
     run_dir = tmp_path / "run"
