@@ -195,15 +195,14 @@ def fault_from_cfg(cfg: DictConfig) -> Fault:
 MODES = ("real", "emulate", "dryrun")
 
 
-def _check_mode(cfg: DictConfig) -> tuple[str, int]:
-    mode, play_rank = str(cfg.get("mode")), cfg.get("play_rank", 0)
-    if mode not in MODES:
-        raise InvalidConfig(f"mode={mode!r} is not one of {', '.join(MODES)}")
-    if mode != "real" and cfg.get("verify"):
-        raise InvalidConfig(f"verify=true needs mode=real: mode={mode} computes against a fake process group")
-    if not isinstance(play_rank, int) or not 0 <= play_rank < cfg.world_size:
-        raise InvalidConfig(f"play_rank must be a rank of the world (0..{cfg.world_size - 1}), got {play_rank!r}")
-    return mode, play_rank
+def _check_mode(cfg: DictConfig, problem: Problem) -> int:
+    """The rank that emulate and dryrun play; verify needs real collectives."""
+    play_rank = cfg.get("play_rank", 0)
+    if cfg.mode != "real" and cfg.get("verify"):
+        raise InvalidConfig(f"verify=true needs mode=real: mode={cfg.mode} computes against a fake process group")
+    if not isinstance(play_rank, int) or not 0 <= play_rank < problem.world_size:
+        raise InvalidConfig(f"play_rank must be a rank of the world (0..{problem.world_size - 1}), got {play_rank!r}")
+    return play_rank
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -222,9 +221,12 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
            "hardware": (cfg.get("hardware") or {}).get("name"), **config_fields(cfg),
            "status": "ok", "error": None}
     try:
-        mode, play_rank = _check_mode(cfg)
+        mode = str(cfg.get("mode"))
+        if mode not in MODES:
+            raise InvalidConfig(f"mode={mode!r} is not one of {', '.join(MODES)}")
         backend = resolve_backend(cfg) if mode == "real" else "fake"
         problem = problem_from_cfg(cfg)
+        play_rank = _check_mode(cfg, problem)
         fault = fault_from_cfg(cfg)
     except InvalidConfig as e:
         return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
