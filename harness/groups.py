@@ -29,13 +29,27 @@ def default_choice(group: str) -> str:
     raise KeyError(group)
 
 
+def experiment_choices(argv: list[str]) -> dict[str, str]:
+    """The group choices that a `+sweep=<experiment>` on the command line overrides."""
+    out: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") == "sweep" and value in options("sweep"):
+            for entry in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sweep" / f"{value}.yaml").get("defaults", [])):
+                for group_key, choice in (entry.items() if isinstance(entry, dict) else []):
+                    group = group_key.removeprefix("override").strip().lstrip("/")
+                    if group in CHECKED_GROUPS:
+                        out[group] = choice
+    return out
+
+
 def rewrite_unknown_choices(argv: list[str]) -> list[str]:
     """Turn what Hydra would reject while composing (no job, no row) into something the job refuses
     with a row. Single runs: `method=foo` becomes `~method +unknown_method=foo`, and an override of an
     option the chosen config does not define (`method.bogus=1`) becomes `+unknown_options=[...]`, so
     the job writes an `invalid` row naming it. Multirun: either stops the whole command up front."""
     multirun = "-m" in argv or "--multirun" in argv
-    chosen = {g: default_choice(g) for g in CHECKED_GROUPS}
+    chosen = {g: default_choice(g) for g in CHECKED_GROUPS} | experiment_choices(argv)
     out, unknown_options = [], []
     for arg in argv:
         key, sep, value = arg.partition("=")
