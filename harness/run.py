@@ -50,6 +50,24 @@ def _device_name(backend: str, mode: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def _versions(backend: str, mode: str, world_size: int) -> dict:
+    """Where the row's numbers come from: GPUs used, CUDA and NCCL versions (None without CUDA)."""
+    gpu = backend == "nccl" or (mode == "emulate" and torch.cuda.is_available())
+    nccl = torch.cuda.nccl.version() if gpu and backend == "nccl" else None
+    return {"device_count": (world_size if backend == "nccl" else 1) if gpu else 0,
+            "cuda_version": torch.version.cuda if gpu else None,
+            "nccl_version": ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl}
+
+
+def _suspect(row: dict) -> str | None:
+    """A measured rate above the hardware's peak cannot be right (a timing or FLOP-count bug, or a
+    wrong hardware profile): such rows are flagged, not dropped."""
+    for key in ("mfu", "mfu_compute"):
+        if (row.get(key) or 0) > 1:
+            return f"{key}={row[key]:.2f} exceeds the hardware profile's peak TFLOP/s"
+    return None
+
+
 def config_fields(cfg: DictConfig) -> dict:
     """The row's config columns, readable even when the config is invalid."""
     model, workload, method = cfg.get("model") or {}, cfg.get("workload") or {}, cfg.get("method") or {}
@@ -230,7 +248,7 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
         fault = fault_from_cfg(cfg)
     except InvalidConfig as e:
         return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
-    row.update(backend=backend, device_name=_device_name(backend, mode))
+    row.update(backend=backend, device_name=_device_name(backend, mode), **_versions(backend, mode, problem.world_size))
     # a collective waiting on a dead or hung peer gives up before the watchdog ends the job
     job = Job(problem, backend, seed=cfg.seed, warmup=cfg.bench.warmup, iters=cfg.bench.iters,
               verify=cfg.verify, pg_timeout_s=0.75 * cfg.bench.timeout_s, fault=fault, mode=mode,
@@ -245,7 +263,9 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
     except ChildFailedError as e:
         status, reason = classify_failure(e)
         return {**row, "status": status, "error": reason}
-    return {**row, "play_rank": play_rank if single else None, **metrics(problem, per_rank, cfg.hardware, mode)}
+    row.update(play_rank=play_rank if single else None, **metrics(problem, per_rank, cfg.hardware, mode))
+    reason = _suspect(row)
+    return {**row, "suspect": reason is not None, "suspect_reason": reason}
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

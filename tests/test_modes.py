@@ -159,3 +159,10 @@ def test_emulate_row_projects_compute_plus_comm(tmp_path):
         assert row["mfu"] < row["mfu_overlap"] <= row["mfu_compute"]
         assert row["mfu_dense"] > row["mfu"]  # causal: the dense count includes the masked half
         assert row["peak_mem_bytes"] > 0 and row["play_rank"] == 0
+
+
+def test_rates_above_the_hardware_peak_are_flagged():
+    from harness.run import _suspect
+    assert _suspect({"mfu": 0.4, "mfu_compute": 0.5}) is None
+    assert "mfu=1.30 exceeds" in _suspect({"mfu": 1.3})
+    assert "mfu_compute" in _suspect({"mfu": 0.9, "mfu_compute": 1.1})  # emulate: the measured compute alone
