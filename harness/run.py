@@ -157,6 +157,8 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig, mode: 
     }
     if per_rank[0]["step_times_s"]:
         row.update(_timing(problem, per_rank, hardware, mode, comm_s))
+    overlaps = [r["overlap_frac"] for r in per_rank if r.get("overlap_frac") is not None]
+    row["overlap_frac"] = statistics.mean(overlaps) if overlaps else None  # bench.profile: mean over ranks
     if "verify_out_rel_err" in per_rank[0]:
         row["verify_out_rel_err"] = max(r["verify_out_rel_err"] for r in per_rank if "verify_out_rel_err" in r)
         row["verify_grad_rel_err"] = max(r["verify_grad_rel_err"] for r in per_rank if "verify_grad_rel_err" in r)
@@ -252,7 +254,7 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
     # a collective waiting on a dead or hung peer gives up before the watchdog ends the job
     job = Job(problem, backend, seed=cfg.seed, warmup=cfg.bench.warmup, iters=cfg.bench.iters,
               verify=cfg.verify, pg_timeout_s=0.75 * cfg.bench.timeout_s, fault=fault, mode=mode,
-              play_rank=play_rank)
+              play_rank=play_rank, profile_dir=str(job_dir / "ranks") if cfg.bench.get("profile") else None)
     single = mode != "real"  # emulate and dryrun: one process plays one rank
     try:
         per_rank = [r[0] for _, r in sorted(launch(entry_single if single else entry, ([job],),

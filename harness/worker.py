@@ -12,6 +12,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from methods.common.layout import shard, unshard
 
 from .comm import CommCounter
 from .memory import PeakMemory
+from .profiling import profiled_step
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Job:
     pg_timeout_s: float = 300.0
     fault: Fault = Fault()
     mode: str = "real"  # real | emulate | dryrun
+    profile_dir: str | None = None  # bench.profile: one more step under torch.profiler, traces written here
     play_rank: int = 0  # emulate / dryrun: the rank of the world this process plays
 
 
@@ -240,6 +243,10 @@ def _run_job(job: Job, device: torch.device) -> dict:
         if real:
             _check_finite(y, x, model, step)
     result["step_times_s"] = times[job.warmup:]
+    if job.profile_dir and job.mode != "dryrun":
+        _zero_grads(model, x)
+        overlap = profiled_step(lambda: _step(model, x, dy), device, Path(job.profile_dir) / f"trace_rank{rank}.json")
+        result["overlap_frac"] = overlap if real else None  # a fake group's collectives take no time
     if device.type == "cuda":
         result["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated())
         result["peak_mem_reserved_bytes"] = int(torch.cuda.max_memory_reserved())

@@ -166,3 +166,29 @@ def test_rates_above_the_hardware_peak_are_flagged():
     assert _suspect({"mfu": 0.4, "mfu_compute": 0.5}) is None
     assert "mfu=1.30 exceeds" in _suspect({"mfu": 1.3})
     assert "mfu_compute" in _suspect({"mfu": 0.9, "mfu_compute": 1.1})  # emulate: the measured compute alone
+
+
+def test_overlap_fraction_reads_the_trace():
+    from harness.profiling import overlap_fraction
+
+    def ev(name, ts, dur, cat="kernel", tid=1):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "cat": cat, "tid": tid}
+    gpu = {"traceEvents": [ev("ncclDevKernel_SendRecv", 0, 10), ev("flash_fwd_kernel", 5, 10),
+                           ev("ncclDevKernel_AllGather", 20, 10), ev("cpu side", 0, 100, cat="cpu_op")]}
+    assert overlap_fraction(gpu) == pytest.approx(5 / 20)  # half of the first transfer is hidden
+    cpu = {"traceEvents": [ev("RingAttentionBackward", 0, 100, "cpu_op"), ev("c10d::send", 10, 10, "cpu_op"),
+                           ev("aten::mm", 15, 10, "cpu_op", tid=2)]}
+    assert overlap_fraction(cpu) == pytest.approx(5 / 10)  # the enclosing op is not compute
+    assert overlap_fraction({"traceEvents": [ev("aten::mm", 0, 5)]}) is None
+
+
+def test_profile_writes_a_trace_per_rank(tmp_path):
+    run = tmp_path / "run"
+    res = harness_run("method=ring", "world_size=2", "workload.seq_len=64", "bench.warmup=0", "bench.iters=1",
+                      "bench.profile=true", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = json.loads((run / "result.json").read_text())
+    assert row["status"] == "ok" and 0 <= row["overlap_frac"] <= 1
+    for rank in (0, 1):
+        trace = json.loads((run / "ranks" / f"trace_rank{rank}.json").read_text())
+        assert any("c10d" in e.get("name", "") for e in trace["traceEvents"])
