@@ -110,6 +110,7 @@ else:
     g = sns.catplot(data=by_kind, x="method", y="GiB", hue="kind", col="model", col_wrap=2, kind="bar",
                     errorbar=None, sharex=False, sharey=False, height=3, aspect=1.6, estimator="sum")
     g.set_titles("{col_name} (fwd + bwd, per rank, longest sequence)")
+    g.tight_layout()
     g.savefig("comm_by_kind.png")
 
 # %% [markdown]

@@ -85,6 +85,7 @@ if not memory.empty:
                     marker="o", height=3, aspect=1.4, facet_kws={"sharex": False, "sharey": False})
     g.set(xscale="log")
     g.set_titles("{col_name}: dryrun peak per rank, 1 layer")
+    g.tight_layout()
     g.savefig("peak_memory.png")
 
 # %% [markdown]

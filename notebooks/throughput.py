@@ -80,6 +80,7 @@ if not throughput.empty:
                     kind="line", marker="o", height=3.2, aspect=1.5, facet_kws={"sharey": False})
     g.set(xscale="log", yscale="log", ylabel="tokens/s")
     g.set_titles("{col_name}\n(CPU, tiny: shapes only)")
+    g.tight_layout()
     g.savefig("tokens_per_s.png")
 
 # %% [markdown]
@@ -100,6 +101,7 @@ else:
                     marker="o", height=3, aspect=1.4, facet_kws={"sharex": False, "sharey": False})
     g.set(xscale="log")
     g.set_titles("{col_name}: projected comm per rank, 1 layer (" + "/".join(dry.hardware.unique()) + ")")
+    g.tight_layout()
     g.savefig("projected_comm.png")
 
 # %% [markdown]
@@ -146,6 +148,8 @@ g = sns.relplot(data=mfu_plot, x="x", y="y", hue="hue", col="panel", col_wrap=2,
                 aspect=1.5, facet_kws={"sharex": False, "sharey": False})
 g.set(xscale="log", xlabel="sequence length (tokens)", ylabel="MFU (causal-effective)")
 g.set_titles("{col_name}")
+g.legend.set_title("method (ours) / degrees (USP)")
+g.tight_layout()
 g.savefig("mfu_vs_published.png")
 
 # %% [markdown]
