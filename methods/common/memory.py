@@ -8,7 +8,13 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+
+import torch
+
+from .attention import acc_dtype
+from .config import Problem
 
 
 @dataclass(frozen=True)
@@ -26,3 +32,100 @@ class MemCost:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+# ---- shared pieces of the memory models ------------------------------------------------------------
+# What autograd keeps from the forward, read off the layers in layers.py: every term below names the
+# tensors a backward formula needs (PyTorch saves an operand only when the other operand's gradient
+# needs it, e.g. x * cos with a constant cos keeps cos, not x).
+
+INDEX_BYTES = 8  # int64 token positions
+
+
+def acc_bytes(dtype: torch.dtype) -> int:
+    """Element size of the accumulation dtype (attention LSEs, RMSNorm statistics, states)."""
+    return acc_dtype(dtype).itemsize
+
+
+def low_precision(dtype: torch.dtype) -> bool:
+    """RMSNorm upcasts bf16/fp16 inputs to float32, which then becomes what it saves."""
+    return dtype in (torch.bfloat16, torch.float16)
+
+
+def rms_norm_act(tokens: int, hidden: int, dtype: torch.dtype) -> int:
+    """One RMSNorm on `tokens` rows: the rsqrt statistic [T, 1], the normalised rows (saved by the
+    weight product) and the weighted output (saved by the linears after it); a low-precision input
+    adds its float32 copy (saved by pow and the product). A full-precision input is the residual
+    stream itself, counted by `residual_act`."""
+    e = dtype.itemsize
+    upcast = tokens * hidden * 4 if low_precision(dtype) else 0
+    return upcast + tokens * acc_bytes(dtype) + 2 * tokens * hidden * e
+
+
+def residual_act(tokens: int, hidden: int, blocks: int, dtype: torch.dtype) -> int:
+    """The residual stream of `blocks` pre-norm blocks (two residual adds each): in full precision
+    every add's result is the next norm's saved input, so all 2*blocks stay; in low precision the
+    norms keep float32 copies instead and only the last one, the step's output, is alive."""
+    per_add = tokens * hidden * dtype.itemsize
+    return per_add if low_precision(dtype) else 2 * blocks * per_add
+
+
+def swiglu_act(tokens: int, ffn_hidden: int, elem: int) -> int:
+    """w1 and w3 outputs (silu's input and the product's operand), silu's output and the product
+    (w2's input)."""
+    return 4 * tokens * ffn_hidden * elem
+
+
+def rope_act(positions: int, head_dim: int, elem: int) -> int:
+    """The cos and sin tables [positions, D/2] the rotation keeps (q and k themselves are not saved)."""
+    return positions * head_dim * elem
+
+
+def softmax_core_act(batch: int, q_rows: int, heads: int, kv_rows: int, kv_heads: int, head_dim: int,
+                     dtype: torch.dtype) -> int:
+    """The attention autograd functions' saved q [B, Lq, H, D], k and v [B, Lk, Hkv, D], output and
+    LSE [B, H, Lq] (accumulation dtype)."""
+    e = dtype.itemsize
+    return (batch * head_dim * e * (2 * q_rows * heads + 2 * kv_rows * kv_heads)
+            + batch * heads * q_rows * acc_bytes(dtype))
+
+
+def llama_layer_act(p: Problem, tokens: int, positions: int, attention: int) -> int:
+    """Saved activations of one Llama-style layer (both norms, RoPE tables, SwiGLU) on `tokens` local
+    rows at `positions` RoPE positions, plus `attention`: what the method's attention keeps between
+    the q/k/v projections and Wo's saved input, that input included. Residuals: `residual_act`."""
+    m, e = p.model, p.elem_bytes
+    return (2 * rms_norm_act(tokens, m.hidden, p.torch_dtype) + rope_act(positions, m.head_dim, e)
+            + swiglu_act(tokens, m.ffn_hidden, e) + attention)
+
+
+def replicated_param(p: Problem, block_shapes: list[tuple[int, ...]], positions_storage: int = 0) -> int:
+    """Every block's parameters on every rank (or, with `method.zero3`, this rank's FSDP2 shards,
+    padded on dim 0), plus the storage of the positions buffer (`positions_storage` int64 elements:
+    a layout's index tensor may be a view of the whole arange)."""
+    n, layers = p.world_size, p.model.layers
+    if p.opt("zero3", False):
+        per_layer = sum(-(-s[0] // n) * math.prod(s[1:]) for s in block_shapes)
+    else:
+        per_layer = sum(math.prod(s) for s in block_shapes)
+    return layers * per_layer * p.elem_bytes + positions_storage * INDEX_BYTES
+
+
+def replicated_memory(p: Problem, block_shapes: list[tuple[int, ...]], tokens: int, positions_storage: int,
+                      layer_act: list[int]) -> MemCost:
+    """A stack whose weights are replicated (or ZeRO-3 sharded) over the ranks, run on `tokens` local
+    rows of width d (ReplicatedSequenceModel and the like): `layer_act` holds each layer's saved
+    activations without the residual stream, which this adds."""
+    d, e = p.model.hidden, p.elem_bytes
+    stream = tokens * d * e
+    param = replicated_param(p, block_shapes, positions_storage)
+    weights = param - positions_storage * INDEX_BYTES
+    return MemCost(param=param, input=2 * stream,
+                   act=sum(layer_act) + residual_act(tokens, d, len(layer_act), p.torch_dtype),
+                   grad=weights + stream)
+
+
+def positions_storage(layout: str, length: int, n: int) -> int:
+    """int64 elements behind one rank's index tensor of a layout (layout.py): a contiguous shard is a
+    row view of the whole arange; zigzag and stripe build their own L/N."""
+    return length if layout in ("contiguous", "basic") else length // n

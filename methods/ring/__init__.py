@@ -20,6 +20,7 @@ from methods.common.attention import acc_dtype, attn_backward, attn_forward, mer
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, llama_block_shapes
+from methods.common.memory import MemCost, llama_layer_act, positions_storage, replicated_memory, softmax_core_act
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 from methods.common.ring_comm import RingComm
 
@@ -169,4 +170,22 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
-register(Method("ring", validate=validate, layout=layout, build=build, comm_cost=comm_cost))
+# ---- memory model ----------------------------------------------------------------------------------
+
+def attention_act(p: Problem, batch: int, tokens_local: int, kv_heads: int) -> int:
+    """One ring attention call saves its own q, k, v blocks, the output (Wo's input too: it is
+    already [B, L/N, H*D]) and the LSE; the blocks in flight are freed before the forward returns."""
+    m = p.model
+    return softmax_core_act(batch, tokens_local, m.heads, tokens_local, kv_heads, m.head_dim, p.torch_dtype)
+
+
+def memory_cost(p: Problem) -> MemCost:
+    m, w, n = p.model, p.workload, p.world_size
+    tokens_local = w.seq_len // n
+    layer = llama_layer_act(p, w.batch_size * tokens_local, tokens_local,
+                            attention_act(p, w.batch_size, tokens_local, m.kv_heads))
+    return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
+                             positions_storage(ring_layout(p), w.seq_len, n), [layer] * m.layers)
+
+
+register(Method("ring", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost))

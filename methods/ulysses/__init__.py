@@ -19,6 +19,7 @@ from methods.common.collectives import heads_to_seq, seq_to_heads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, llama_block_shapes
+from methods.common.memory import MemCost, llama_layer_act, replicated_memory, softmax_core_act
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
 
@@ -93,5 +94,26 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
-register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
+# ---- memory model ----------------------------------------------------------------------------------
+
+def attention_act(p: Problem, batch: int, length: int, n: int) -> int:
+    """One Ulysses attention over `length` tokens (whole sequence) on `n` ranks: the local kernel's
+    saved q, k, v, output and LSE for this rank's head group over the whole sequence, and Wo's input
+    (the output exchanged back to the rank's L/N tokens, all heads; on one rank nothing is exchanged
+    and Wo keeps the kernel's output itself)."""
+    m, e = p.model, p.elem_bytes
+    heads, kv = m.heads // n, kv_heads_exchanged(m.kv_heads, n) // n
+    exchanged_out = batch * (length // n) * m.heads * m.head_dim * e if n > 1 else 0
+    return softmax_core_act(batch, length, heads, length, kv, m.head_dim, p.torch_dtype) + exchanged_out
+
+
+def memory_cost(p: Problem) -> MemCost:
+    """Replicated weights (or ZeRO-3 shards); positions are a view of the whole arange (L int64)."""
+    m, w, n = p.model, p.workload, p.world_size
+    tokens = w.batch_size * w.seq_len // n
+    layer = llama_layer_act(p, tokens, w.seq_len // n, attention_act(p, w.batch_size, w.seq_len, n))
+    return replicated_memory(p, llama_block_shapes(m), tokens, w.seq_len, [layer] * m.layers)
+
+
+register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
                 model_kinds=("llama", "linear", "hybrid")))

@@ -21,6 +21,7 @@ from methods.common.collectives import heads_to_seq, seq_to_heads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, llama_block_shapes
+from methods.common.memory import MemCost, llama_layer_act, positions_storage, replicated_memory, softmax_core_act
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 from methods.ring import attention_cost as ring_cost
 from methods.ring import ring_attention
@@ -121,4 +122,22 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
-register(Method("usp", validate=validate, layout=layout, build=build, comm_cost=comm_cost))
+# ---- memory model ----------------------------------------------------------------------------------
+
+def memory_cost(p: Problem) -> MemCost:
+    """The ring attention's saved q, k, v, output and LSE on a ring segment (L/R tokens) for a head
+    group (H/U heads), plus Wo's input exchanged back to the rank's L/N tokens when U > 1. Positions
+    are a view of the rank's ring segment (the whole arange for the basic layout)."""
+    m, w, n = p.model, p.workload, p.world_size
+    ud, rd = degrees(p)
+    tokens_local, segment = w.seq_len // n, w.seq_len // rd
+    attention = softmax_core_act(w.batch_size, segment, m.heads // ud, segment, kv_heads_exchanged(m.kv_heads, ud) // ud,
+                                 m.head_dim, p.torch_dtype)
+    if ud > 1:
+        attention += w.batch_size * tokens_local * m.heads * m.head_dim * p.elem_bytes
+    layer = llama_layer_act(p, w.batch_size * tokens_local, tokens_local, attention)
+    return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
+                             positions_storage(ring_layout(p), w.seq_len, rd), [layer] * m.layers)
+
+
+register(Method("usp", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost))
