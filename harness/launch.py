@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import threading
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,8 @@ import psutil
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from .cluster import NodePlan, node_plan
 
 PRELOAD = ["torch", "torch.distributed", "harness.worker", "methods"]
 
@@ -68,11 +69,13 @@ def _private_tempdir():
 
 
 def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str | Path | None = None,
-           timeout_s: float | None = None) -> dict[int, Any]:
-    """Run `entry(*args)` on `world_size` local ranks; returns {rank: return value}.
+           timeout_s: float | None = None, plan: NodePlan | None = None) -> dict[int, Any]:
+    """Run `entry(*args)` on `world_size` ranks: all local, or this node's share of a multi-node SLURM
+    step (`plan`, default `node_plan(world_size)`); returns {global rank: return value} of this node's ranks.
     Raises ChildFailedError (with every failed rank's error) if any rank fails, and LaunchTimeout if
     the launch is still running after `timeout_s` (its ranks are killed first)."""
-    run_id = str(uuid.uuid4())
+    plan = node_plan(world_size) if plan is None else plan
+    run_id = plan.run_id  # the same on every node of the job: the rendezvous and kill_ranks key on it
     expired = threading.Event()
 
     def watchdog() -> None:
@@ -82,8 +85,7 @@ def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str
     with _private_tempdir() as tmp:
         logs = DefaultLogsSpecs(log_dir=str(log_dir or tmp), tee=Std.ALL, local_ranks_filter={0})
         config = LaunchConfig(
-            min_nodes=1, max_nodes=1, nproc_per_node=world_size, run_id=run_id,
-            rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+            **plan.launch_kwargs(), max_restarts=0,
             start_method=_start_method(), monitor_interval=0.1, logs_specs=logs,
         )
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # elastic sets it anyway; silence its warning

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 import methods
 from methods.common.config import InvalidConfig, Problem
 
+from .cluster import node_plan, primary_node
 from .flops import step_flops
 from .groups import CONF_DIR, rewrite_unknown_choices
 from .launch import ChildFailedError, LaunchTimeout, launch
@@ -248,6 +249,8 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
         problem = problem_from_cfg(cfg)
         play_rank = _check_mode(cfg, problem)
         fault = fault_from_cfg(cfg)
+        single = mode != "real"  # emulate and dryrun: one process plays one rank
+        plan = node_plan(problem.world_size, one_process=single)  # a bad SLURM allocation is an invalid row
     except InvalidConfig as e:
         return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
     row.update(backend=backend, device_name=_device_name(backend, mode), **_versions(backend, mode, problem.world_size))
@@ -255,11 +258,12 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
     job = Job(problem, backend, seed=cfg.seed, warmup=cfg.bench.warmup, iters=cfg.bench.iters,
               verify=cfg.verify, pg_timeout_s=0.75 * cfg.bench.timeout_s, fault=fault, mode=mode,
               play_rank=play_rank, profile_dir=str(job_dir / "ranks") if cfg.bench.get("profile") else None)
-    single = mode != "real"  # emulate and dryrun: one process plays one rank
+    if plan.idle:  # emulate/dryrun on a multi-node step: node 0 plays the rank, this node has no row
+        return row
     try:
         per_rank = [r[0] for _, r in sorted(launch(entry_single if single else entry, ([job],),
                                                    1 if single else problem.world_size, job_dir / "ranks",
-                                                   timeout_s=cfg.bench.timeout_s).items())]
+                                                   timeout_s=cfg.bench.timeout_s, plan=plan).items())]
     except LaunchTimeout as e:
         return {**row, "status": "timeout", "error": str(e)}
     except ChildFailedError as e:
@@ -282,6 +286,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     started = time.monotonic()
     row = execute(cfg, job_dir)
     row["job_seconds"] = time.monotonic() - started
+    if not primary_node():  # a multi-node job's other nodes ran their ranks; node 0 (global rank 0) writes the row
+        return
     write_row(job_dir, row)
     if row["error"]:
         extra = f" error: {row['error']}"
