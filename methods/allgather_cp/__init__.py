@@ -20,6 +20,7 @@ from methods.common.collectives import all_gather_dim, reduce_scatter_dim
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, llama_block_shapes
+from methods.common.memory import INDEX_BYTES, MemCost, llama_layer_act, positions_storage, replicated_memory, softmax_core_act
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
 
@@ -134,4 +135,23 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
-register(Method("allgather_cp", validate=validate, layout=layout, build=build, comm_cost=comm_cost))
+# ---- memory model ----------------------------------------------------------------------------------
+
+def attention_act(p: Problem, batch: int, length: int, n: int) -> int:
+    """One call saves the local q, the gathered K and V of the whole sequence (one buffer), the output
+    (also Wo's input), the LSE and the int64 gather order of the L positions."""
+    m = p.model
+    return (softmax_core_act(batch, length // n, m.heads, length, m.kv_heads, m.head_dim, p.torch_dtype)
+            + length * INDEX_BYTES)
+
+
+def memory_cost(p: Problem) -> MemCost:
+    m, w, n = p.model, p.workload, p.world_size
+    tokens_local = w.seq_len // n
+    layer = llama_layer_act(p, w.batch_size * tokens_local, tokens_local, attention_act(p, w.batch_size, w.seq_len, n))
+    return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
+                             positions_storage(cp_layout(p), w.seq_len, n), [layer] * m.layers)
+
+
+register(Method("allgather_cp", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
+                memory_cost=memory_cost))

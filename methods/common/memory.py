@@ -90,13 +90,15 @@ def softmax_core_act(batch: int, q_rows: int, heads: int, kv_rows: int, kv_heads
             + batch * heads * q_rows * acc_bytes(dtype))
 
 
-def llama_layer_act(p: Problem, tokens: int, positions: int, attention: int) -> int:
+def llama_layer_act(p: Problem, tokens: int, positions: int, attention: int, mlp: int | None = None) -> int:
     """Saved activations of one Llama-style layer (both norms, RoPE tables, SwiGLU) on `tokens` local
     rows at `positions` RoPE positions, plus `attention`: what the method's attention keeps between
-    the q/k/v projections and Wo's saved input, that input included. Residuals: `residual_act`."""
+    the q/k/v projections and Wo's saved input, that input included. `mlp` replaces the SwiGLU on
+    the local rows when the method splits it otherwise. Residuals: `residual_act`."""
     m, e = p.model, p.elem_bytes
-    return (2 * rms_norm_act(tokens, m.hidden, p.torch_dtype) + rope_act(positions, m.head_dim, e)
-            + swiglu_act(tokens, m.ffn_hidden, e) + attention)
+    if mlp is None:
+        mlp = swiglu_act(tokens, m.ffn_hidden, e)
+    return 2 * rms_norm_act(tokens, m.hidden, p.torch_dtype) + rope_act(positions, m.head_dim, e) + mlp + attention
 
 
 def replicated_param(p: Problem, block_shapes: list[tuple[int, ...]], positions_storage: int = 0) -> int:

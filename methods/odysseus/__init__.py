@@ -16,7 +16,8 @@ from methods.common.config import Problem
 from methods.common.cost import CommCost
 from methods.common.layers import copy_to
 from methods.common.zero3 import full_grad, shard_, unit_cost
-from methods.tp_sp import TPSPModel, attention_cost, check_heads, norm_sync_cost
+from methods.common.memory import MemCost, swiglu_act
+from methods.tp_sp import TPSPModel, attention_cost, check_heads, norm_sync_cost, tp_memory
 
 
 class ZeRO3MLP(nn.Module):
@@ -58,4 +59,13 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + unit_cost(p, mlp_shapes(p), units=p.model.layers) + norm_sync_cost(p)
 
 
-register(Method("odysseus", validate=validate, layout=layout, build=build, comm_cost=comm_cost))
+def memory_cost(p: Problem) -> MemCost:
+    """TP-SP attention; the MLP keeps its FSDP2 shards (padded on dim 0) and saves the SwiGLU
+    activations of the rank's own tokens (the gathered weights are freed after each use)."""
+    n = p.world_size
+    mlp_params = sum(-(-rows // n) * cols for rows, cols in mlp_shapes(p))
+    tokens = p.workload.batch_size * p.workload.seq_len // n
+    return tp_memory(p, mlp_params, swiglu_act(tokens, p.model.ffn_hidden, p.elem_bytes))
+
+
+register(Method("odysseus", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost))

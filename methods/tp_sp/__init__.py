@@ -23,6 +23,7 @@ from methods.common.collectives import all_gather_dim, reduce_scatter_dim, reduc
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import apply_rope, copy_to, rope_cos_sin
+from methods.common.memory import MemCost, llama_layer_act, residual_act, softmax_core_act, swiglu_act
 
 
 class _ColumnLinearSP(torch.autograd.Function):
@@ -221,5 +222,45 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + norm_sync_cost(p)
 
 
-register(Method("tp_sp", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
+# ---- memory model ----------------------------------------------------------------------------------
+
+def attention_act(p: Problem) -> int:
+    """Per layer on this rank's heads over the whole sequence: the packed QKV output (v, a view of
+    it, keeps it whole), the rotated q and k, the kernel's output (also Wo's input) and LSE. The
+    column linear keeps only the local normed shard, counted with the norm."""
+    m, w, n = p.model, p.workload, p.world_size
+    heads, kv_heads, L = m.heads // n, m.kv_heads // n, w.seq_len
+    qkv = w.batch_size * L * (heads + 2 * kv_heads) * m.head_dim * p.elem_bytes
+    v = w.batch_size * L * kv_heads * m.head_dim * p.elem_bytes
+    return qkv - v + softmax_core_act(w.batch_size, L, heads, L, kv_heads, m.head_dim, p.torch_dtype)
+
+
+def tp_layer_act(p: Problem, mlp: int) -> int:
+    """One TP-SP layer: norms on the sequence shard, RoPE tables over the whole sequence, the
+    attention above and the method's MLP."""
+    w = p.workload
+    return llama_layer_act(p, w.batch_size * w.seq_len // p.world_size, w.seq_len, attention_act(p), mlp)
+
+
+def tp_memory(p: Problem, mlp_params: int, mlp_act: int) -> MemCost:
+    """TP-SP's shared shape (Odysseus too): replicated norms, the rank's packed attention weights,
+    an MLP of `mlp_params` elements per layer on this rank saving `mlp_act` bytes."""
+    m, w, n, e = p.model, p.workload, p.world_size, p.elem_bytes
+    attention = (m.heads + 2 * m.kv_heads) // n * m.head_dim * m.hidden + m.hidden * m.heads // n * m.head_dim
+    weights = m.layers * (2 * m.hidden + attention + mlp_params) * e
+    tokens = w.batch_size * w.seq_len // n
+    stream = tokens * m.hidden * e
+    act = m.layers * tp_layer_act(p, mlp_act) + residual_act(tokens, m.hidden, m.layers, p.torch_dtype)
+    return MemCost(param=weights, input=2 * stream, act=act, grad=weights + stream)
+
+
+def memory_cost(p: Problem) -> MemCost:
+    """Column-parallel SwiGLU: the packed w1/w3 output (gate and up are views of it), silu's output
+    and the product, each over the whole sequence for ffn/N channels."""
+    m, w, n = p.model, p.workload, p.world_size
+    mlp_params = 3 * m.ffn_hidden // n * m.hidden
+    return tp_memory(p, mlp_params, swiglu_act(w.batch_size * w.seq_len, m.ffn_hidden // n, p.elem_bytes))
+
+
+register(Method("tp_sp", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
                 model_kinds=("llama", "linear", "hybrid")))
