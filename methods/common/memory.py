@@ -131,3 +131,34 @@ def positions_storage(layout: str, length: int, n: int) -> int:
     """int64 elements behind one rank's index tensor of a layout (layout.py): a contiguous shard is a
     row view of the whole arange; zigzag and stripe build their own L/N."""
     return length if layout in ("contiguous", "basic") else length // n
+
+
+def linear_kernel_act(batch: int, length: int, heads: int, head_dim: int, dtype: torch.dtype, causal: bool,
+                      decay: bool, chunk: int = 64) -> int:
+    """What LinearKernel (linear_attention.py) keeps on q/k/v [B, length, heads, D] (kv heads already
+    repeated to `heads`), its output excluded. Per chunk of c tokens, G = B*heads: the intra-chunk
+    products keep their own contiguous copies of q, k, v (3 G c D), the masked scores (G c^2) and the
+    constant decay mask (c^2, or heads*c^2 with a decay); the inter-chunk product keeps the incoming
+    state (G D^2, accumulation dtype) and, once that state carries gradient (every chunk but the
+    first), the accumulation-dtype q; every chunk but the last writes a state that a later chunk
+    reads, so its k and v copies (accumulation dtype) stay too. The decay adds its row weights a (and
+    b, and lambda^c once the state carries gradient) where they scale a differentiable tensor.
+    Bidirectional attention is the quadratic product: one chunk of the whole length, no state, no
+    decay (the kernel ignores it there)."""
+    e, acc = dtype.itemsize, acc_bytes(dtype)
+    decay = decay and causal
+    sizes = [min(chunk, length - s) for s in range(0, length, chunk)] if causal else [length]
+    total = 0
+    for i, c in enumerate(sizes):
+        g = batch * heads
+        total += 3 * g * c * head_dim * e + g * c * c * e + (heads if decay else 1) * c * c * e
+        if not causal:
+            continue
+        total += g * head_dim * head_dim * acc + (c * heads * acc if decay else 0)
+        if i > 0:
+            total += g * c * head_dim * acc
+        if i < len(sizes) - 1:
+            total += 2 * g * c * head_dim * acc + (c * heads * acc if decay else 0)
+            if decay and i > 0:
+                total += heads * acc
+    return total

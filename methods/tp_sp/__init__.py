@@ -22,8 +22,8 @@ from methods.common import layout as layouts
 from methods.common.collectives import all_gather_dim, reduce_scatter_dim, reduce_scatter_seq, sum_grads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import apply_rope, copy_to, rope_cos_sin
-from methods.common.memory import MemCost, llama_layer_act, residual_act, softmax_core_act, swiglu_act
+from methods.common.layers import apply_rope, copy_to, is_softmax_layer, rope_cos_sin
+from methods.common.memory import MemCost, linear_kernel_act, llama_layer_act, residual_act, softmax_core_act, swiglu_act
 
 
 class _ColumnLinearSP(torch.autograd.Function):
@@ -224,22 +224,27 @@ def comm_cost(p: Problem) -> CommCost:
 
 # ---- memory model ----------------------------------------------------------------------------------
 
-def attention_act(p: Problem) -> int:
-    """Per layer on this rank's heads over the whole sequence: the packed QKV output (v, a view of
-    it, keeps it whole), the rotated q and k, the kernel's output (also Wo's input) and LSE. The
-    column linear keeps only the local normed shard, counted with the norm."""
-    m, w, n = p.model, p.workload, p.world_size
+def attention_act(p: Problem, softmax: bool = True) -> int:
+    """Per layer on this rank's heads over the whole sequence. Softmax: the packed QKV output (v, a
+    view of it, keeps it whole), the rotated q and k, the kernel's output (also Wo's input) and LSE.
+    Linear: what the linear kernel keeps (it copies q, k, v) and its output, Wo's input. The column
+    linear keeps only the local normed shard, counted with the norm."""
+    m, w, n, e = p.model, p.workload, p.world_size, p.elem_bytes
     heads, kv_heads, L = m.heads // n, m.kv_heads // n, w.seq_len
-    qkv = w.batch_size * L * (heads + 2 * kv_heads) * m.head_dim * p.elem_bytes
-    v = w.batch_size * L * kv_heads * m.head_dim * p.elem_bytes
+    if not softmax:
+        return (w.batch_size * L * heads * m.head_dim * e
+                + linear_kernel_act(w.batch_size, L, heads, m.head_dim, p.torch_dtype, w.causal, bool(m.extra.get("decay"))))
+    qkv = w.batch_size * L * (heads + 2 * kv_heads) * m.head_dim * e
+    v = w.batch_size * L * kv_heads * m.head_dim * e
     return qkv - v + softmax_core_act(w.batch_size, L, heads, L, kv_heads, m.head_dim, p.torch_dtype)
 
 
-def tp_layer_act(p: Problem, mlp: int) -> int:
-    """One TP-SP layer: norms on the sequence shard, RoPE tables over the whole sequence, the
+def tp_layer_act(p: Problem, mlp: int, index: int) -> int:
+    """Layer `index` of TP-SP: norms on the sequence shard, RoPE tables over the whole sequence, the
     attention above and the method's MLP."""
     w = p.workload
-    return llama_layer_act(p, w.batch_size * w.seq_len // p.world_size, w.seq_len, attention_act(p), mlp)
+    return llama_layer_act(p, w.batch_size * w.seq_len // p.world_size, w.seq_len,
+                           attention_act(p, is_softmax_layer(p.model, index)), mlp)
 
 
 def tp_memory(p: Problem, mlp_params: int, mlp_act: int) -> MemCost:
@@ -250,7 +255,7 @@ def tp_memory(p: Problem, mlp_params: int, mlp_act: int) -> MemCost:
     weights = m.layers * (2 * m.hidden + attention + mlp_params) * e
     tokens = w.batch_size * w.seq_len // n
     stream = tokens * m.hidden * e
-    act = m.layers * tp_layer_act(p, mlp_act) + residual_act(tokens, m.hidden, m.layers, p.torch_dtype)
+    act = sum(tp_layer_act(p, mlp_act, i) for i in range(m.layers)) + residual_act(tokens, m.hidden, m.layers, p.torch_dtype)
     return MemCost(param=weights, input=2 * stream, act=act, grad=weights + stream)
 
 

@@ -18,8 +18,8 @@ from methods.common import layout as layouts
 from methods.common.collectives import heads_to_seq, seq_to_heads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import LocalAttention, llama_block_shapes
-from methods.common.memory import MemCost, llama_layer_act, replicated_memory, softmax_core_act
+from methods.common.layers import LocalAttention, is_softmax_layer, llama_block_shapes
+from methods.common.memory import MemCost, linear_kernel_act, llama_layer_act, replicated_memory, softmax_core_act
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
 
@@ -96,23 +96,28 @@ def comm_cost(p: Problem) -> CommCost:
 
 # ---- memory model ----------------------------------------------------------------------------------
 
-def attention_act(p: Problem, batch: int, length: int, n: int) -> int:
-    """One Ulysses attention over `length` tokens (whole sequence) on `n` ranks: the local kernel's
-    saved q, k, v, output and LSE for this rank's head group over the whole sequence, and Wo's input
-    (the output exchanged back to the rank's L/N tokens, all heads; on one rank nothing is exchanged
-    and Wo keeps the kernel's output itself)."""
+def attention_act(p: Problem, batch: int, length: int, n: int, softmax: bool = True) -> int:
+    """One Ulysses attention over `length` tokens (whole sequence) on `n` ranks: what the local
+    kernel keeps for this rank's head group over the whole sequence, and Wo's input (the output
+    exchanged back to the rank's L/N tokens, all heads). The softmax kernel's saved output is Wo's
+    input itself on one rank, where nothing is exchanged; the linear kernel saves no output."""
     m, e = p.model, p.elem_bytes
     heads, kv = m.heads // n, kv_heads_exchanged(m.kv_heads, n) // n
-    exchanged_out = batch * (length // n) * m.heads * m.head_dim * e if n > 1 else 0
-    return softmax_core_act(batch, length, heads, length, kv, m.head_dim, p.torch_dtype) + exchanged_out
+    wo_input = batch * (length // n) * m.heads * m.head_dim * e
+    if not softmax:
+        return wo_input + linear_kernel_act(batch, length, heads, m.head_dim, p.torch_dtype, p.workload.causal,
+                                            bool(m.extra.get("decay")))
+    return softmax_core_act(batch, length, heads, length, kv, m.head_dim, p.torch_dtype) + (wo_input if n > 1 else 0)
 
 
 def memory_cost(p: Problem) -> MemCost:
     """Replicated weights (or ZeRO-3 shards); positions are a view of the whole arange (L int64)."""
     m, w, n = p.model, p.workload, p.world_size
     tokens = w.batch_size * w.seq_len // n
-    layer = llama_layer_act(p, tokens, w.seq_len // n, attention_act(p, w.batch_size, w.seq_len, n))
-    return replicated_memory(p, llama_block_shapes(m), tokens, w.seq_len, [layer] * m.layers)
+    layers = [llama_layer_act(p, tokens, w.seq_len // n,
+                              attention_act(p, w.batch_size, w.seq_len, n, is_softmax_layer(m, i)))
+              for i in range(m.layers)]
+    return replicated_memory(p, llama_block_shapes(m), tokens, w.seq_len, layers)
 
 
 register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
