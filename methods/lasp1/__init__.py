@@ -17,6 +17,7 @@ from methods.common.layers import LocalAttention, llama_block_shapes
 from methods.common.linear_attention import LinearKernel
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 from methods.lasp2 import chunk_factors, layout, state_bytes, state_decay
+from methods.lasp2 import memory_cost as lasp2_memory_cost
 from methods.lasp2 import validate as lasp2_validate
 
 
@@ -85,4 +86,6 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + param_sync_cost(p, llama_block_shapes(p.model), p.model.layers)
 
 
-register(Method("lasp1", validate=validate, layout=layout, build=build, comm_cost=comm_cost, model_kinds=("linear",)))
+# LASP-1 keeps what LASP-2 keeps: q, k, v of the chunk and the incoming state per layer
+register(Method("lasp1", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
+                memory_cost=lasp2_memory_cost, model_kinds=("linear",)))

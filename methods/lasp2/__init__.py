@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from methods import Method, register
 from methods.allgather_cp import allgather_attention
+from methods.allgather_cp import attention_act as allgather_act
 from methods.allgather_cp import attention_cost as allgather_cost
 from methods.common import layout as layouts
 from methods.common.attention import acc_dtype
@@ -28,6 +29,7 @@ from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, is_softmax_layer, llama_block_shapes
 from methods.common.linear_attention import LinearKernel, chunk_weights
+from methods.common.memory import MemCost, llama_layer_act, replicated_memory
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
 
@@ -147,5 +149,27 @@ def comm_cost(p: Problem) -> CommCost:
     return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
-register(Method("lasp2", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
+# ---- memory model ----------------------------------------------------------------------------------
+
+def state_attention_act(p: Problem) -> int:
+    """A LASP layer's attention (LASP-2 and LASP-1): the autograd function keeps q and the kv-head-
+    repeated k and v of the rank's chunk, and the incoming state [B, H, D, D] (accumulation dtype);
+    its output is Wo's input. The local kernel runs inside the function, so it saves nothing."""
+    m, w = p.model, p.workload
+    chunk = w.batch_size * (w.seq_len // p.world_size) * m.heads * m.head_dim * p.elem_bytes
+    return 4 * chunk + state_bytes(p)
+
+
+def memory_cost(p: Problem) -> MemCost:
+    """Linear layers as above, softmax layers (LASP-2H) as all-gather CP; contiguous positions are a
+    view of the whole arange."""
+    m, w, n = p.model, p.workload, p.world_size
+    tokens_local = w.seq_len // n
+    layers = [llama_layer_act(p, w.batch_size * tokens_local, tokens_local,
+                              allgather_act(p, w.batch_size, w.seq_len, n) if is_softmax_layer(m, i) else state_attention_act(p))
+              for i in range(m.layers)]
+    return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local, w.seq_len, layers)
+
+
+register(Method("lasp2", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
                 model_kinds=("linear", "hybrid")))
