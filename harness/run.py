@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import methods
+from methods.common.attention import KERNELS
 from methods.common.config import InvalidConfig, Problem
 
 from .cluster import node_plan, primary_node
@@ -154,7 +155,7 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig, mode: 
         "comm_bytes_fwd": sum(comm["fwd"].values()), "comm_bytes_bwd": sum(comm["bwd"].values()),
         "theory_comm_bytes_fwd": sum(theory["fwd"].values()), "theory_comm_bytes_bwd": sum(theory["bwd"].values()),
         "comm_detail": comm, "theory_comm_detail": theory, "comm_calls": per_rank[0]["comm_calls"],
-        "projected_comm_ms": 1e3 * comm_s,
+        "projected_comm_ms": 1e3 * comm_s, "attn_backend": per_rank[0]["attn_backend"],
     }
     if per_rank[0]["step_times_s"]:
         row.update(_timing(problem, per_rank, hardware, mode, comm_s))
@@ -251,13 +252,16 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
         fault = fault_from_cfg(cfg)
         single = mode != "real"  # emulate and dryrun: one process plays one rank
         plan = node_plan(problem.world_size, one_process=single)  # a bad SLURM allocation is an invalid row
+        attn_backend = str(cfg.bench.get("attn_backend", "auto"))
+        if attn_backend != "auto" and attn_backend not in KERNELS:
+            raise InvalidConfig(f"bench.attn_backend={attn_backend!r}: choose auto or one of {', '.join(sorted(KERNELS))}")
     except InvalidConfig as e:
         return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
     row.update(backend=backend, device_name=_device_name(backend, mode), **_versions(backend, mode, problem.world_size))
     # a collective waiting on a dead or hung peer gives up before the watchdog ends the job
     job = Job(problem, backend, seed=cfg.seed, warmup=cfg.bench.warmup, iters=cfg.bench.iters,
               verify=cfg.verify, pg_timeout_s=0.75 * cfg.bench.timeout_s, fault=fault, mode=mode,
-              play_rank=play_rank, profile_dir=str(job_dir / "ranks") if cfg.bench.get("profile") else None)
+              play_rank=play_rank, attn_backend=attn_backend, profile_dir=str(job_dir / "ranks") if cfg.bench.get("profile") else None)
     if plan.idle:  # emulate/dryrun on a multi-node step: node 0 plays the rank, this node has no row
         return row
     try:

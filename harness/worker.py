@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 import methods
+from methods.common.attention import backend_name, use_backend
 from methods.common.config import Problem
 from methods.common.layers import build_reference
 from methods.common.layout import shard, unshard
@@ -49,6 +50,7 @@ class Job:
     pg_timeout_s: float = 300.0
     fault: Fault = Fault()
     mode: str = "real"  # real | emulate | dryrun
+    attn_backend: str = "auto"  # bench.attn_backend: auto (best available) or a kernel name
     profile_dir: str | None = None  # bench.profile: one more step under torch.profiler, traces written here
     play_rank: int = 0  # emulate / dryrun: the rank of the world this process plays
 
@@ -211,6 +213,8 @@ def run_job(job: Job, device: torch.device) -> dict:
 
 def _run_job(job: Job, device: torch.device) -> dict:
     p = job.problem
+    use_backend(job.attn_backend)
+    attn_backend = backend_name(device, p.torch_dtype)  # GPU kernels' one-time self-checks run here, uncounted
     real = job.mode == "real"  # only real collectives write their outputs: finite checks need them
     method = methods.for_problem(p)
     rank = dist.get_rank()
@@ -224,7 +228,7 @@ def _run_job(job: Job, device: torch.device) -> dict:
     y, counter, memory = _counted_step(model, x, dy, device, _inject(job.fault, 0))
     if real:
         _check_finite(y, x, model, 0)
-    result: dict = {"rank": rank, "comm": counter.cost().as_dict(), "comm_calls": counter.calls(),
+    result: dict = {"rank": rank, "attn_backend": attn_backend, "comm": counter.cost().as_dict(), "comm_calls": counter.calls(),
                     "comm_records": counter.records, **memory}
     if job.verify:
         result.update(verify(job, method, model, reference, x, y, device))

@@ -46,6 +46,7 @@ def test_multirun_writes_one_row_per_point(tmp_path):
     (["method=ulysses", "world_size=2", "mode=simulate"], "mode='simulate' is not one of real, emulate, dryrun"),
     (["method=ulysses", "world_size=2", "mode=dryrun", "verify=true"], "verify=true needs mode=real"),
     (["method=ulysses", "world_size=2", "mode=emulate", "play_rank=2"], "play_rank must be a rank of the world"),
+    (["method=ulysses", "world_size=2", "bench.attn_backend=fa9"], "bench.attn_backend='fa9': choose auto or one of"),
 ])
 def test_bad_input_is_an_invalid_row_without_ranks(tmp_path, overrides, message):
     run_dir = tmp_path / "run"

@@ -61,3 +61,40 @@ def test_zigzag_gives_rank_r_chunks_r_and_2n_minus_1_minus_r():
     assert torch.equal(layouts.zigzag(16, 4)[1], torch.cat([chunks[1], chunks[6]]))
     with pytest.raises(ValueError, match="not divisible by 8"):
         layouts.make("zigzag", 12, 4)
+
+
+def test_backend_preference_and_what_cpu_offers():
+    from methods.common.attention import PREFERENCE, available_backends
+    assert PREFERENCE == ("flash_attn3", "flash_attn", "cudnn", "cuda_flash", "cuda_efficient", "math")
+    assert available_backends(torch.device("cpu"), torch.bfloat16) == ["cpu_flash", "math"]
+
+
+def test_a_forced_backend_routes_every_call(monkeypatch):
+    from methods.common import attention as A
+    q, k, v = (torch.randn(1, 16, h, 8, dtype=torch.float64) for h in (4, 2, 2))
+    calls = []
+    monkeypatch.setitem(A.KERNELS, "math", (lambda *a: calls.append(1) or A._math_fwd(*a), A._math_bwd))
+    try:
+        A.use_backend("math")
+        assert A.choose_backend(q) == "math"
+        A.attn_forward(q, k, v, True)
+        assert calls == [1]
+        A.use_backend("cudnn")
+        with pytest.raises(ValueError, match="'cudnn' cannot run torch.float64 on cpu; usable here: cpu_flash, math"):
+            A.choose_backend(q)
+        with pytest.raises(ValueError, match="unknown attention backend 'fa9'"):
+            A.use_backend("fa9")
+    finally:
+        A.use_backend("auto")
+    assert A.choose_backend(q) == "cpu_flash"
+
+
+def test_self_check_accepts_a_working_kernel_and_skips_a_broken_one(monkeypatch):
+    from methods.common import attention as A
+    cpu = torch.device("cpu")
+    assert A._passes_self_check("cpu_flash", cpu, torch.float32)
+    monkeypatch.setitem(A.KERNELS, "broken", (lambda q, k, v, c: (q * 0, torch.zeros(q.shape[0], q.shape[2], q.shape[1])),
+                                              A.KERNELS["math"][1]))
+    assert not A._passes_self_check("broken", cpu, torch.float32)  # wrong numbers
+    monkeypatch.setitem(A.KERNELS, "raises", (lambda *a: 1 / 0, None))
+    assert not A._passes_self_check("raises", cpu, torch.float32)

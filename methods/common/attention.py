@@ -7,6 +7,7 @@ takes the *final* out and lse, which is what lets ring attention compute exact p
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Callable
@@ -18,6 +19,10 @@ try:  # optional: flash-attn 2 when installed (CUDA only)
     from flash_attn import flash_attn_interface as _fa
 except ImportError:  # pragma: no cover - depends on the machine
     _fa = None
+try:  # optional: flash-attn 3, the Hopper build's top-level module
+    import flash_attn_interface as _fa3
+except ImportError:  # pragma: no cover - depends on the machine
+    _fa3 = None
 
 Kernel = tuple[Callable, Callable]  # (forward, backward)
 
@@ -123,6 +128,24 @@ def _cuda_efficient_bwd(dout, q, k, v, out, lse, causal):
     return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
 
 
+def _cudnn_fwd(q, k, v, causal):
+    rep = q.shape[2] // k.shape[2]
+    res = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), None, True, 0.0, causal)
+    return _bhld(res[0]), res[1].squeeze(-1)  # the kernel keeps the LSE as [B, H, L, 1]
+
+
+def _cudnn_bwd(dout, q, k, v, out, lse, causal):
+    rep = q.shape[2] // k.shape[2]
+    kr, vr = _repeat_kv(k, rep), _repeat_kv(v, rep)
+    none = torch.empty(0, device=q.device)  # no bias, dense batch: the kernel checks these by size
+    seed = torch.zeros((), dtype=torch.int64, device=q.device)
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+        _bhld(dout).contiguous(), _bhld(q), _bhld(kr), _bhld(vr), _bhld(out), lse.unsqueeze(-1).contiguous(),
+        seed, seed, none, none, none, q.shape[1], k.shape[1], 0.0, causal)
+    return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
+
+
 # ---- flash-attn 2 (optional) ----------------------------------------------------------------------
 
 def _fa_kwargs(fn: Callable, **kw) -> dict:
@@ -152,21 +175,107 @@ def _flash_attn_bwd(dout, q, k, v, out, lse, causal):
     return dq, dk, dv
 
 
+# ---- flash-attn 3 (optional, Hopper) ---------------------------------------------------------------
+
+def _fa3_call(fn: Callable, **known):
+    """flash-attn 3's low-level functions take many positional parameters that change between
+    releases: pass each by name, the ones we do not use as None (or 0 for integer knobs)."""
+    params = inspect.signature(fn).parameters
+    known.update(window_size_left=-1, window_size_right=-1, window_size=(-1, -1), softcap=0.0,
+                 deterministic=False, sm_margin=0, num_splits=1, pack_gqa=None)
+    return fn(**{name: known.get(name) for name in params if name in known or params[name].default is inspect._empty})
+
+
+def _flash_attn3_fwd(q, k, v, causal):
+    res = _fa3_call(_fa3._flash_attn_forward, q=q, k=k, v=v, softmax_scale=q.shape[-1] ** -0.5, causal=causal)
+    return res[0], res[1]
+
+
+def _flash_attn3_bwd(dout, q, k, v, out, lse, causal):
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _fa3_call(_fa3._flash_attn_backward, dout=dout.contiguous(), q=q, k=k, v=v, out=out, softmax_lse=lse.contiguous(),
+              dq=dq, dk=dk, dv=dv, softmax_scale=q.shape[-1] ** -0.5, causal=causal)
+    return dq, dk, dv
+
+
 KERNELS: dict[str, Kernel] = {
     "math": (_math_fwd, _math_bwd),
     "cpu_flash": (_cpu_flash_fwd, _cpu_flash_bwd),
     "cuda_flash": (_cuda_flash_fwd, _cuda_flash_bwd),
     "cuda_efficient": (_cuda_efficient_fwd, _cuda_efficient_bwd),
     "flash_attn": (_flash_attn_fwd, _flash_attn_bwd),
+    "cudnn": (_cudnn_fwd, _cudnn_bwd),
+    "flash_attn3": (_flash_attn3_fwd, _flash_attn3_bwd),
 }
 
+# best first, on a GPU (the issue's order); CPU has cpu_flash then math
+PREFERENCE = ("flash_attn3", "flash_attn", "cudnn", "cuda_flash", "cuda_efficient", "math")
+_forced: str | None = None
+
+
+def use_backend(name: str | None) -> None:
+    """Force one kernel for every attention call of this process (`bench.attn_backend`); None or
+    "auto" goes back to the automatic choice."""
+    global _forced
+    if name not in (None, "auto") and name not in KERNELS:
+        raise ValueError(f"unknown attention backend {name!r}; choose auto or one of {', '.join(sorted(KERNELS))}")
+    _forced = None if name in (None, "auto") else name
+
+
+def _candidates(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Kernels whose requirements this device and dtype meet (packages, architecture, dtype)."""
+    if device.type != "cuda":
+        return ["cpu_flash", "math"]
+    if dtype == torch.float64:
+        return ["math"]
+    half = dtype in (torch.float16, torch.bfloat16)
+    major = torch.cuda.get_device_capability(device)[0]
+    ok = {"flash_attn3": _fa3 is not None and half and major == 9,
+          "flash_attn": _fa is not None and half and major >= 8,
+          "cudnn": half and major >= 8 and torch.backends.cudnn.is_available(),
+          "cuda_flash": half and major >= 8, "cuda_efficient": True, "math": True}
+    return [name for name in PREFERENCE if ok[name]]
+
+
+@functools.cache
+def _passes_self_check(name: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Once per process, device and dtype: a small causal GQA forward and backward agrees with the
+    math path, so a kernel that a driver or release cannot run is skipped rather than failing a job."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(1, 128, 4, 64, device=device, dtype=dtype, generator=gen)
+    k, v = (torch.randn(1, 128, 2, 64, device=device, dtype=dtype, generator=gen) for _ in range(2))
+    dout = torch.randn(q.shape, device=device, dtype=dtype, generator=gen)
+    try:
+        out, lse = KERNELS[name][0](q, k, v, True)
+        grads = KERNELS[name][1](dout, q, k, v, out, lse, True)
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+    ref_out, ref_lse = _math_fwd(q, k, v, True)
+    ref_grads = _math_bwd(dout, q, k, v, ref_out, ref_lse, True)
+    close = lambda a, b: bool(((a.float() - b.float()).abs().max() <= 5e-2 * b.float().abs().max() + 1e-3))  # noqa: E731
+    return close(out, ref_out) and close(lse, ref_lse) and all(close(g, r) for g, r in zip(grads, ref_grads))
+
+
+def available_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Usable kernels here, best first. GPU kernels must also pass a one-time self-check."""
+    names = _candidates(device, dtype)
+    if device.type == "cuda":
+        names = [n for n in names if n == "math" or _passes_self_check(n, device, dtype)]
+    return names
+
+
+def backend_name(device: torch.device, dtype: torch.dtype) -> str:
+    """The kernel attention uses for tensors on `device` in `dtype` (forced or best available)."""
+    if _forced is not None:
+        if _forced not in _candidates(device, dtype):
+            raise ValueError(f"attention backend {_forced!r} cannot run {dtype} on {device.type}; "
+                             f"usable here: {', '.join(available_backends(device, dtype))}")
+        return _forced
+    return available_backends(device, dtype)[0]
+
+
 def choose_backend(q: torch.Tensor) -> str:
-    """Best available kernel for this device and dtype; float64 always takes an exact path."""
-    if q.device.type == "cpu":
-        return "cpu_flash"
-    if q.dtype in (torch.float16, torch.bfloat16):
-        return "flash_attn" if _fa is not None else "cuda_flash"
-    return "cuda_efficient" if q.dtype == torch.float32 else "math"
+    return backend_name(q.device, q.dtype)
 
 
 def attn_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
