@@ -24,6 +24,12 @@ LocalAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torc
 AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, LocalAttention], torch.Tensor]
 
 
+def local_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention) -> torch.Tensor:
+    """The core of a rank that holds every token its attention needs: the layer's fast kernel (the
+    reference path, taken when no core is given, is the plain math one)."""
+    return local(q, k, v, causal)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()

@@ -22,7 +22,7 @@ from methods.common import layout as layouts
 from methods.common.collectives import sum_grads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import copy_to
+from methods.common.layers import copy_to, local_core
 from methods.common.replicated import param_sync_cost
 from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
 
@@ -73,10 +73,10 @@ class DSPModel(nn.Module):
         frames = torch.arange(m.frames, device=x.device)
         for layer in m.blocks:
             h = switch(F.pad(x, (0, 0, 0, pad - sizes[r])), 2, 1, n * pad, self.group)  # [B, T/N, N*pad, C]
-            h = spatial_stage(layer.spatial, h.index_select(2, real))  # whole frames, padding dropped
+            h = spatial_stage(layer.spatial, h.index_select(2, real), local_core)  # whole frames, padding dropped
             h = h.new_zeros(*h.shape[:2], n * pad, C).index_copy(2, real, h)
             x = switch(h, 1, 2, m.frames, self.group).narrow(2, 0, sizes[r])  # back to [B, T, S_r, C]
-            x = temporal_stage(layer.temporal, x, frames)  # whole T: no communication
+            x = temporal_stage(layer.temporal, x, frames, local_core)  # whole T: no communication
         return x.reshape(B, -1, C)
 
     def finish_grads(self) -> None:

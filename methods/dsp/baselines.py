@@ -17,7 +17,7 @@ from methods.common.attention import attention
 from methods.common.collectives import all_gather_dim, heads_to_seq, reduce_scatter_seq, seq_to_heads, sum_grads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
-from methods.common.layers import apply_rope, copy_to, rope_cos_sin
+from methods.common.layers import apply_rope, copy_to, local_core, rope_cos_sin
 from methods.common.replicated import param_sync_cost
 from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
 from methods.ring import attention_cost as ring_cost
@@ -34,7 +34,7 @@ class FrameShardModel(DSPModel):
     or through `spatial_core` (Ulysses on every attention)."""
 
     def __init__(self, reference: nn.Module, core, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device,
-                 spatial_core=None):
+                 spatial_core=local_core):
         super().__init__(reference, group, dtype, device)
         self.core, self.spatial_core = core, spatial_core
 
