@@ -17,7 +17,7 @@ import torch
 from harness.launch import launch
 from harness.worker import Job, call_in_group, entry
 from methods.common.config import ModelConfig, Problem, Workload
-from methods.common.layers import build_reference
+from methods.common.layers import build_reference, local_core
 
 MODEL = ModelConfig("bench", hidden=256, heads=8, kv_heads=4, head_dim=32, ffn_hidden=768, layers=2)
 
@@ -26,14 +26,13 @@ def plain_loop(p: Problem, warmup: int, iters: int) -> list[float]:
     model = build_reference(p.model, 0, p.torch_dtype)
     x = torch.randn(p.workload.batch_size, p.workload.seq_len, p.model.hidden, dtype=p.torch_dtype, requires_grad=True)
     dy = torch.randn_like(x)
-    local_only = lambda q, k, v, causal, local: local(q, k, v, causal)  # noqa: E731  same kernel, no SP
     times = []
     for _ in range(warmup + iters):
         for prm in model.parameters():
             prm.grad = None
         x.grad = None
         t0 = time.perf_counter()
-        model(x, p.workload.causal, core=local_only).backward(dy)
+        model(x, p.workload.causal, core=local_core).backward(dy)  # the ranks' kernel, no SP
         times.append(time.perf_counter() - t0)
     return times[warmup:]
 
