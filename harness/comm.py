@@ -77,6 +77,7 @@ class CommCounter(TorchDispatchMode):
         super().__init__()
         self.phase = "fwd"
         self.records: list[Record] = []
+        self._ranks: dict[str, tuple[int, ...]] = {}  # group name -> its global ranks
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -96,7 +97,9 @@ class CommCounter(TorchDispatchMode):
         self._record(kind, name, group, full)
 
     def _record(self, kind: str, op: str, group: dist.ProcessGroup, full: int) -> None:
-        ranks = tuple(dist.get_process_group_ranks(group))
+        ranks = self._ranks.get(group.group_name)
+        if ranks is None:
+            ranks = self._ranks[group.group_name] = tuple(dist.get_process_group_ranks(group))
         self.records.append(Record(self.phase, kind, op, group.size(), full, ranks))
 
     def cost(self) -> CommCost:
