@@ -2,11 +2,18 @@
 path (output, LSE and every gradient given the final out/LSE), the LSE merge, and the layouts."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Optional
+
 import pytest
 import torch
 
 from methods.common import layout as layouts
 from methods.common.attention import KERNELS, merge_lse
+
+# module-level names for the stand-in custom ops' annotations (torch.library resolves them here)
+Tensor, OptTensor = torch.Tensor, Optional[torch.Tensor]
+Four = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def _qkv(lq: int, lk: int, heads: int = 4, kv_heads: int = 2):
@@ -95,6 +102,200 @@ def test_self_check_accepts_a_working_kernel_and_skips_a_broken_one(monkeypatch)
     assert A._passes_self_check("cpu_flash", cpu, torch.float32)
     monkeypatch.setitem(A.KERNELS, "broken", (lambda q, k, v, c: (q * 0, torch.zeros(q.shape[0], q.shape[2], q.shape[1])),
                                               A.KERNELS["math"][1]))
-    assert not A._passes_self_check("broken", cpu, torch.float32)  # wrong numbers
+    with pytest.warns(UserWarning, match="'broken' skipped on cpu torch.float32: its results differ"):
+        assert not A._passes_self_check("broken", cpu, torch.float32)  # wrong numbers
     monkeypatch.setitem(A.KERNELS, "raises", (lambda *a: 1 / 0, None))
-    assert not A._passes_self_check("raises", cpu, torch.float32)
+    with pytest.warns(UserWarning, match="'raises' skipped on cpu torch.float32: ZeroDivisionError"):
+        assert not A._passes_self_check("raises", cpu, torch.float32)
+
+
+def test_forcing_math_gives_cpu_flash_results_through_the_autograd_path():
+    from methods.common import attention as A
+    runs = {}
+    for name in ("math", "auto"):
+        q, k, v = (t.requires_grad_() for t in _qkv(12, 12))
+        A.use_backend(name)
+        try:
+            runs[A.choose_backend(q)] = (A.attention(q, k, v, True), q, k, v)
+        finally:
+            A.use_backend(None)
+    assert sorted(runs) == ["cpu_flash", "math"]
+    (out_m, *in_m), (out_f, *in_f) = runs["math"], runs["cpu_flash"]
+    dout = torch.randn_like(out_m)
+    assert torch.allclose(out_m, out_f, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(out_m, in_m, dout), torch.autograd.grad(out_f, in_f, dout)):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_backend_name_and_unknown_or_unusable_forced_names():
+    from methods.common import attention as A
+    cpu = torch.device("cpu")
+    assert A.backend_name(cpu, torch.float32) == "cpu_flash"
+    with pytest.raises(ValueError, match="choose auto or one of"):
+        A.use_backend("flash")
+    assert A.backend_name(cpu, torch.float32) == "cpu_flash"  # a rejected name leaves the setting alone
+    try:
+        A.use_backend("flash_attn3")
+        with pytest.raises(ValueError, match="'flash_attn3' cannot run torch.bfloat16 on cpu"):
+            A.backend_name(cpu, torch.bfloat16)
+    finally:
+        A.use_backend(None)
+
+
+# ---- GPU kernels' plumbing, checked on CPU with stand-ins for the ops that compute with the math path.
+# They take arguments as the real ones do (positions from torch's schemas, flash-attn's names), so a
+# wrong position, a mislabelled flag or a wrongly shaped LSE shows up as wrong numbers or a failed assert.
+
+def _gqa_case(lq: int = 40):
+    q, k, v = _qkv(lq, lq)
+    dout = torch.randn(q.shape, dtype=q.dtype, generator=torch.Generator().manual_seed(1))
+    out, lse = KERNELS["math"][0](q, k, v, True)
+    return q, k, v, dout, (out, lse, *KERNELS["math"][1](dout, q, k, v, out, lse, True))
+
+
+def _check_kernel(name: str, lq: int = 40):
+    q, k, v, dout, expected = _gqa_case(lq)
+    fwd, bwd = KERNELS[name]
+    out, lse = fwd(q, k, v, True)
+    got = (out, lse, *bwd(dout, q, k, v, out, lse, True))
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and torch.allclose(g, e, atol=1e-10)
+
+
+def _bhld_math(q, k, v, causal):  # q/k/v in [B, H, L, D], as aten's SDPA ops take them
+    out, lse = KERNELS["math"][0](q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal)
+    return out.transpose(1, 2), lse
+
+
+def _bhld_math_bwd(dout, q, k, v, out, lse, causal):
+    t = lambda x: x.transpose(1, 2)  # noqa: E731
+    return tuple(t(g) for g in KERNELS["math"][1](t(dout), t(q), t(k), t(v), t(out), lse, causal))
+
+
+def test_cudnn_plumbing_lse_layout_and_dense_backward_arguments(monkeypatch):
+    seen = {}
+
+    def fwd(q, k, v, attn_bias, compute_log_sumexp, dropout_p, is_causal):
+        assert attn_bias is None and compute_log_sumexp and q.shape[1] == k.shape[1]  # kv heads repeated
+        out, lse = _bhld_math(q, k, v, is_causal)
+        seed = torch.zeros((), dtype=torch.int64)
+        return out, lse.unsqueeze(-1), None, None, q.shape[2], k.shape[2], seed, seed, None
+
+    def bwd(dout, q, k, v, out, lse, seed, offset, attn_bias, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal):
+        seen.update(lse=lse.shape, dense=(attn_bias, cum_seq_q, cum_seq_k) == (None, None, None), max=(max_q, max_k),
+                    seed=seed is not None and offset is not None, same_strides=dout.stride() == out.stride())
+        return _bhld_math_bwd(dout, q, k, v, out, lse.squeeze(-1), is_causal)
+
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention", fwd)
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention_backward", bwd)
+    _check_kernel("cudnn")
+    assert seen == {"lse": (2, 4, 40, 1), "dense": True, "seed": True, "max": (40, 40), "same_strides": True}
+
+
+def test_cuda_flash_and_efficient_plumbing(monkeypatch):
+    seen = {}
+
+    def flash_fwd(q, k, v, dropout_p, is_causal):
+        out, lse = _bhld_math(q, k, v, is_causal)
+        return out, lse, None, None, q.shape[2], k.shape[2], None, None, None
+
+    def flash_bwd(dout, q, k, v, out, lse, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, seed, offset):
+        seen["flash_dense"] = cum_seq_q is None and cum_seq_k is None and (max_q, max_k) == (q.shape[2], k.shape[2])
+        return _bhld_math_bwd(dout, q, k, v, out, lse, is_causal)
+
+    def eff_fwd(q, k, v, attn_bias, compute_log_sumexp, dropout_p, is_causal):
+        out, lse = _bhld_math(q, k, v, is_causal)
+        padded = torch.nn.functional.pad(lse, (0, -lse.shape[-1] % 32), value=float("inf"))
+        return out, padded, None, None
+
+    def eff_bwd(dout, q, k, v, attn_bias, out, lse, seed, offset, dropout_p, grad_input_mask, is_causal):
+        seen["eff_lse"] = lse.shape[-1], bool(lse[..., q.shape[2]:].eq(float("inf")).all())
+        grads = _bhld_math_bwd(dout, q, k, v, out, lse[..., : q.shape[2]], is_causal)
+        return (*grads, None)
+
+    for op, fake in [("_scaled_dot_product_flash_attention", flash_fwd),
+                     ("_scaled_dot_product_flash_attention_backward", flash_bwd),
+                     ("_scaled_dot_product_efficient_attention", eff_fwd),
+                     ("_scaled_dot_product_efficient_attention_backward", eff_bwd)]:
+        monkeypatch.setattr(torch.ops.aten, op, fake)
+    _check_kernel("cuda_flash")
+    _check_kernel("cuda_efficient")
+    assert seen == {"flash_dense": True, "eff_lse": (64, True)}
+
+
+def _fa_stand_ins(style: str):
+    """flash-attn entry points with the signatures of a release: fa2_2.6 (window_size pair, 8-tuple
+    return), fa2_2.8 (custom op, window ints), fa3_2025.01 (`causal`, `out` required, window pair),
+    fa3_2025.08 (custom op, backward flag `is_causal`). Gradients are written into dq/dk/dv."""
+    def fill(dq, dk, dv, grads):
+        for buf, g in zip((dq, dk, dv), grads):
+            buf.copy_(g)
+
+    if style == "fa2_2.6":
+        def fwd(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax):
+            assert window_size == (-1, -1) and softmax_scale == q.shape[-1] ** -0.5
+            out, lse = KERNELS["math"][0](q, k, v, causal)
+            return out, q, k, v, out, lse, None, None
+
+        def bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropout_p, softmax_scale, causal, window_size, softcap,
+                alibi_slopes, deterministic, rng_state=None):
+            fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, causal))
+        return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
+    if style == "fa3_2025.01":
+        def fwd(q, k, v, k_new, v_new, qv, out, cu_seqlens_q, cu_seqlens_k, cu_seqlens_k_new, seqused_q, seqused_k,
+                max_seqlen_q, max_seqlen_k, page_table, kv_batch_idx, leftpad_k, rotary_cos, rotary_sin, q_descale,
+                k_descale, v_descale, softmax_scale, causal, window_size=(-1, -1), softcap=0.0,
+                rotary_interleaved=True, num_splits=1, pack_gqa=None, sm_margin=0):
+            assert out is None and cu_seqlens_q is None and window_size == (-1, -1)
+            return (*KERNELS["math"][0](q, k, v, causal), None, None)
+
+        def bwd(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, sequed_q, sequed_k, max_seqlen_q,
+                max_seqlen_k, dq, dk, dv, softmax_scale, causal, window_size=(-1, -1), softcap=0.0,
+                deterministic=False, sm_margin=0):
+            fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, causal))
+        return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
+
+    ns = f"spbench_test_{style.replace('.', '_')}"  # torch.library names: a fresh namespace per release
+    if style == "fa2_2.8":
+        @torch.library.custom_op(f"{ns}::fwd", mutates_args=())
+        def fwd(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, softmax_scale: float, causal: bool,
+                window_size_left: int, window_size_right: int, softcap: float, alibi_slopes: OptTensor,
+                return_softmax: bool) -> Four:
+            assert (window_size_left, window_size_right) == (-1, -1)
+            out, lse = KERNELS["math"][0](q, k, v, causal)
+            return out, lse, q.new_empty(0), q.new_empty(0)
+
+        @torch.library.custom_op(f"{ns}::bwd", mutates_args=("dq", "dk", "dv"))
+        def bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softmax_lse: Tensor, dq: OptTensor,
+                dk: OptTensor, dv: OptTensor, dropout_p: float, softmax_scale: float, causal: bool,
+                window_size_left: int, window_size_right: int, softcap: float, alibi_slopes: OptTensor,
+                deterministic: bool, rng_state: OptTensor = None) -> Tensor:
+            fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, causal))
+            return q.new_empty(0)
+        return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
+
+    @torch.library.custom_op(f"{ns}::fwd", mutates_args=())
+    def fwd(q: Tensor, k: Tensor, v: Tensor, k_new: OptTensor = None, out_: OptTensor = None,
+            cu_seqlens_q: OptTensor = None, max_seqlen_q: Optional[int] = None, softmax_scale: Optional[float] = None,
+            causal: bool = False, window_size_left: int = -1, window_size_right: int = -1, attention_chunk: int = 0,
+            softcap: float = 0.0, num_splits: int = 1, pack_gqa: Optional[bool] = None, sm_margin: int = 0) -> Four:
+        out, lse = KERNELS["math"][0](q, k, v, causal)
+        return out, lse, q.new_empty(0), q.new_empty(0)
+
+    @torch.library.custom_op(f"{ns}::bwd", mutates_args=("dq", "dk", "dv"))
+    def bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softmax_lse: Tensor,
+            cu_seqlens_q: OptTensor = None, sequed_q: OptTensor = None, max_seqlen_q: Optional[int] = None,
+            dq: OptTensor = None, dk: OptTensor = None, dv: OptTensor = None, softmax_scale: Optional[float] = None,
+            is_causal: bool = False, window_size_left: int = -1, window_size_right: int = -1, softcap: float = 0.0,
+            deterministic: bool = False, sm_margin: int = 0) -> Tensor:
+        fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, is_causal))
+        return q.new_empty(0)
+    return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
+
+
+@pytest.mark.parametrize("style", ["fa2_2.6", "fa2_2.8", "fa3_2025.01", "fa3_2025.08"])
+def test_flash_attn_releases_get_their_arguments_by_name(monkeypatch, style):
+    from methods.common import attention as A
+    fa3 = style.startswith("fa3")
+    monkeypatch.setattr(A, "_fa3" if fa3 else "_fa", _fa_stand_ins(style))
+    _check_kernel("flash_attn3" if fa3 else "flash_attn")

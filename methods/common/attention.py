@@ -4,12 +4,17 @@ Every kernel takes q [B, Lq, H, D], k/v [B, Lk, Hkv, D] (H % Hkv == 0) and retur
 out [B, Lq, H, D] (input dtype) and lse [B, H, Lq] (float32, float64 for float64 inputs). The backward
 takes the *final* out and lse, which is what lets ring attention compute exact per-block gradients.
 `causal` is only used on square blocks (Lq == Lk), where every backend agrees on the mask.
+
+Which kernel runs: the first of PREFERENCE that `available_backends(device, dtype)` admits (CPU:
+cpu_flash, then math; float64 on CUDA: math only), unless `use_backend(name)` forced one;
+`backend_name(device, dtype)` says which, for the result row.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -92,6 +97,10 @@ def _cpu_flash_bwd(dout, q, k, v, out, lse, causal):
 
 
 # ---- CUDA SDPA kernels (no GQA: kv heads are repeated, their grads summed back) -------------------
+# The aten backward ops take cum_seq_q/cum_seq_k (and cuDNN attn_bias) as plain `Tensor`, but test
+# `.defined()` to pick the nested/varlen path or a bias: a dense call passes None, which the op
+# binding turns into an undefined tensor (an empty tensor would be "defined" and take the wrong path).
+# dout is made contiguous in [B, L, H, D] so that it has the same strides as out, as the kernels want.
 
 def _cuda_flash_fwd(q, k, v, causal):
     rep = q.shape[2] // k.shape[2]
@@ -103,27 +112,32 @@ def _cuda_flash_fwd(q, k, v, causal):
 def _cuda_flash_bwd(dout, q, k, v, out, lse, causal):
     rep = q.shape[2] // k.shape[2]
     kr, vr = _repeat_kv(k, rep), _repeat_kv(v, rep)
-    Lq, Lk = q.shape[1], k.shape[1]
-    empty = torch.empty(0, device=q.device, dtype=torch.int64)
+    seed = torch.empty(0, device=q.device, dtype=torch.int64)  # RNG state: only read when dropout > 0
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-        _bhld(dout).contiguous(), _bhld(q), _bhld(kr), _bhld(vr), _bhld(out), lse.contiguous(),
-        empty, empty, Lq, Lk, 0.0, causal, empty, empty)
+        _bhld(dout.contiguous()), _bhld(q), _bhld(kr), _bhld(vr), _bhld(out.contiguous()), lse.contiguous(),
+        None, None, q.shape[1], k.shape[1], 0.0, causal, seed, seed)
     return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
+
+
+_EFFICIENT_LSE_ROWS = 32  # the efficient kernel's LSE rows come in blocks of 32, padded with +inf
 
 
 def _cuda_efficient_fwd(q, k, v, causal):
     rep = q.shape[2] // k.shape[2]
     out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
         _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), None, True, 0.0, causal)
-    return _bhld(out), lse[..., : q.shape[1]].contiguous()  # the kernel pads the LSE to 32 rows
+    return _bhld(out), lse[..., : q.shape[1]].contiguous()
 
 
 def _cuda_efficient_bwd(dout, q, k, v, out, lse, causal):
     rep = q.shape[2] // k.shape[2]
     kr, vr = _repeat_kv(k, rep), _repeat_kv(v, rep)
+    # its backward reads whole 32-row LSE blocks without bound checks: give it the padded layout back
+    pad = -q.shape[1] % _EFFICIENT_LSE_ROWS
+    lse = F.pad(lse, (0, pad), value=math.inf).contiguous()
     seed = torch.zeros((), dtype=torch.int64, device=q.device)
     dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-        _bhld(dout).contiguous(), _bhld(q), _bhld(kr), _bhld(vr), None, _bhld(out), lse.contiguous(),
+        _bhld(dout.contiguous()), _bhld(q), _bhld(kr), _bhld(vr), None, _bhld(out.contiguous()), lse,
         seed, seed, 0.0, [True, True, True, False], causal)
     return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
 
@@ -132,26 +146,33 @@ def _cudnn_fwd(q, k, v, causal):
     rep = q.shape[2] // k.shape[2]
     res = torch.ops.aten._scaled_dot_product_cudnn_attention(
         _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), None, True, 0.0, causal)
-    return _bhld(res[0]), res[1].squeeze(-1)  # the kernel keeps the LSE as [B, H, L, 1]
+    # releases return the LSE as [B, H, L] or [B, H, L, 1] (float32): reshape covers both
+    return _bhld(res[0]), res[1].reshape(q.shape[0], q.shape[2], q.shape[1])
 
 
 def _cudnn_bwd(dout, q, k, v, out, lse, causal):
     rep = q.shape[2] // k.shape[2]
     kr, vr = _repeat_kv(k, rep), _repeat_kv(v, rep)
-    none = torch.empty(0, device=q.device)  # no bias, dense batch: the kernel checks these by size
+    # defined seed/offset even without dropout: some releases convert them to int64 unconditionally
     seed = torch.zeros((), dtype=torch.int64, device=q.device)
     dq, dk, dv = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
-        _bhld(dout).contiguous(), _bhld(q), _bhld(kr), _bhld(vr), _bhld(out), lse.unsqueeze(-1).contiguous(),
-        seed, seed, none, none, none, q.shape[1], k.shape[1], 0.0, causal)
+        _bhld(dout.contiguous()), _bhld(q), _bhld(kr), _bhld(vr), _bhld(out.contiguous()),
+        lse.unsqueeze(-1).contiguous(), seed, seed, None, None, None, q.shape[1], k.shape[1], 0.0, causal)
     return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
 
 
-# ---- flash-attn 2 (optional) ----------------------------------------------------------------------
+# ---- flash-attn 2 and 3 (optional) ----------------------------------------------------------------
+
+def _params(fn: Callable) -> dict[str, inspect.Parameter]:
+    """Parameters of a flash-attn entry point. Recent releases wrap them in torch.library.custom_op,
+    whose object only shows (*args, **kwargs); the decorated Python function keeps the real names."""
+    return dict(inspect.signature(getattr(fn, "_init_fn", fn)).parameters)
+
 
 def _fa_kwargs(fn: Callable, **kw) -> dict:
     """flash-attn renamed arguments across releases (window_size vs window_size_left/right, softcap):
     pass only what this release's signature takes."""
-    params = inspect.signature(fn).parameters
+    params = _params(fn)
     if "window_size" in params:
         kw["window_size"] = (-1, -1)
     else:
@@ -164,7 +185,8 @@ def _flash_attn_fwd(q, k, v, causal):
     kw = _fa_kwargs(_fa._flash_attn_forward, dropout_p=0.0, softmax_scale=q.shape[-1] ** -0.5, causal=causal,
                     return_softmax=False)
     res = _fa._flash_attn_forward(q, k, v, **kw)
-    return res[0], res[1]
+    # < 2.7 returns (out, q, k, v, out_padded, lse, S_dmask, rng_state), later (out, lse, S_dmask, rng_state)
+    return res[0], res[-3]
 
 
 def _flash_attn_bwd(dout, q, k, v, out, lse, causal):
@@ -175,26 +197,25 @@ def _flash_attn_bwd(dout, q, k, v, out, lse, causal):
     return dq, dk, dv
 
 
-# ---- flash-attn 3 (optional, Hopper) ---------------------------------------------------------------
-
-def _fa3_call(fn: Callable, **known):
-    """flash-attn 3's low-level functions take many positional parameters that change between
-    releases: pass each by name, the ones we do not use as None (or 0 for integer knobs)."""
-    params = inspect.signature(fn).parameters
-    known.update(window_size_left=-1, window_size_right=-1, window_size=(-1, -1), softcap=0.0,
-                 deterministic=False, sm_margin=0, num_splits=1, pack_gqa=None)
-    return fn(**{name: known.get(name) for name in params if name in known or params[name].default is inspect._empty})
+def _fa3_call(fn: Callable, causal: bool, **known):
+    """flash-attn 3 (2025 interface on) takes many parameters, some required, that change between
+    releases: pass each by name, the ones we do not use as None. The causal flag is `is_causal` in the
+    backward of releases since mid 2025 and `causal` elsewhere; the window is a pair or two ints."""
+    params = _params(fn)
+    known.update(causal=causal, is_causal=causal, window_size_left=-1, window_size_right=-1,
+                 window_size=(-1, -1), softcap=0.0, deterministic=False, sm_margin=0, num_splits=1)
+    return fn(**{name: known.get(name) for name, p in params.items() if name in known or p.default is p.empty})
 
 
 def _flash_attn3_fwd(q, k, v, causal):
-    res = _fa3_call(_fa3._flash_attn_forward, q=q, k=k, v=v, softmax_scale=q.shape[-1] ** -0.5, causal=causal)
-    return res[0], res[1]
+    res = _fa3_call(_fa3._flash_attn_forward, causal, q=q, k=k, v=v, softmax_scale=q.shape[-1] ** -0.5)
+    return res[0], res[1]  # (out, softmax_lse [B, H, L] float32, split-kv scratch...)
 
 
 def _flash_attn3_bwd(dout, q, k, v, out, lse, causal):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _fa3_call(_fa3._flash_attn_backward, dout=dout.contiguous(), q=q, k=k, v=v, out=out, softmax_lse=lse.contiguous(),
-              dq=dq, dk=dk, dv=dv, softmax_scale=q.shape[-1] ** -0.5, causal=causal)
+    _fa3_call(_fa3._flash_attn_backward, causal, dout=dout.contiguous(), q=q, k=k, v=v, out=out,
+              softmax_lse=lse.contiguous(), dq=dq, dk=dk, dv=dv, softmax_scale=q.shape[-1] ** -0.5)
     return dq, dk, dv
 
 
@@ -240,7 +261,8 @@ def _candidates(device: torch.device, dtype: torch.dtype) -> list[str]:
 @functools.cache
 def _passes_self_check(name: str, device: torch.device, dtype: torch.dtype) -> bool:
     """Once per process, device and dtype: a small causal GQA forward and backward agrees with the
-    math path, so a kernel that a driver or release cannot run is skipped rather than failing a job."""
+    math path, so a kernel that a driver or release cannot run is skipped rather than failing a job.
+    A skip warns with the reason, since the row only shows the kernel that was used instead."""
     gen = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(1, 128, 4, 64, device=device, dtype=dtype, generator=gen)
     k, v = (torch.randn(1, 128, 2, 64, device=device, dtype=dtype, generator=gen) for _ in range(2))
@@ -248,33 +270,42 @@ def _passes_self_check(name: str, device: torch.device, dtype: torch.dtype) -> b
     try:
         out, lse = KERNELS[name][0](q, k, v, True)
         grads = KERNELS[name][1](dout, q, k, v, out, lse, True)
-    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+    except Exception as err:  # noqa: BLE001 - any failure means "not usable here"
+        warnings.warn(f"attention backend {name!r} skipped on {device} {dtype}: {type(err).__name__}: {err}")
         return False
     ref_out, ref_lse = _math_fwd(q, k, v, True)
     ref_grads = _math_bwd(dout, q, k, v, ref_out, ref_lse, True)
-    close = lambda a, b: bool(((a.float() - b.float()).abs().max() <= 5e-2 * b.float().abs().max() + 1e-3))  # noqa: E731
-    return close(out, ref_out) and close(lse, ref_lse) and all(close(g, r) for g, r in zip(grads, ref_grads))
+    close = lambda a, b: bool((a.float() - b.float()).abs().max() <= 5e-2 * b.float().abs().max() + 1e-3)  # noqa: E731
+    ok = close(out, ref_out) and close(lse, ref_lse) and all(close(g, r) for g, r in zip(grads, ref_grads))
+    if not ok:
+        warnings.warn(f"attention backend {name!r} skipped on {device} {dtype}: its results differ from the math path")
+    return ok
+
+
+def _usable(name: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """A candidate runs here: CPU kernels and math always, other GPU kernels once self-checked."""
+    return device.type != "cuda" or name == "math" or _passes_self_check(name, device, dtype)
 
 
 def available_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
-    """Usable kernels here, best first. GPU kernels must also pass a one-time self-check."""
-    names = _candidates(device, dtype)
-    if device.type == "cuda":
-        names = [n for n in names if n == "math" or _passes_self_check(n, device, dtype)]
-    return names
+    """Kernels that run here, best first: package installed, device, compute capability and dtype
+    allow it, and (GPU kernels) a one-time self-check against the math path passed."""
+    return [n for n in _candidates(device, dtype) if _usable(n, device, dtype)]
 
 
 def backend_name(device: torch.device, dtype: torch.dtype) -> str:
-    """The kernel attention uses for tensors on `device` in `dtype` (forced or best available)."""
+    """The kernel attention uses for tensors on `device` in `dtype`: the forced one (ValueError when
+    it cannot run here) or the best available. Only self-checks kernels until one passes."""
     if _forced is not None:
         if _forced not in _candidates(device, dtype):
             raise ValueError(f"attention backend {_forced!r} cannot run {dtype} on {device.type}; "
                              f"usable here: {', '.join(available_backends(device, dtype))}")
         return _forced
-    return available_backends(device, dtype)[0]
+    return next(n for n in _candidates(device, dtype) if _usable(n, device, dtype))  # math always qualifies
 
 
 def choose_backend(q: torch.Tensor) -> str:
+    """The kernel for this query tensor (see backend_name)."""
     return backend_name(q.device, q.dtype)
 
 
