@@ -162,3 +162,46 @@ def linear_kernel_act(batch: int, length: int, heads: int, head_dim: int, dtype:
             if decay and i > 0:
                 total += heads * acc
     return total
+
+
+# ---- the video block (video.py) ---------------------------------------------------------------------
+# A VideoBlock's LayerNorms save their input whatever the dtype, so every block boundary of the stream
+# stays alive; which storage that is (the previous block's output, or a copy a reshape or exchange
+# made) is the method's business, so the terms below leave a block's input and output to the caller.
+
+def layer_norm_act(tokens: int, hidden: int, elem: int) -> int:
+    """One LayerNorm on `tokens` rows, its saved input excluded: the mean and rstd [T, 1] (in the
+    input dtype, as the CPU kernel returns them) and the normalised rows (saved by the linears after
+    it)."""
+    return 2 * tokens * elem + tokens * hidden * elem
+
+
+def gelu_mlp_act(tokens: int, ffn_hidden: int, elem: int) -> int:
+    """fc1's output (GELU's saved input) and GELU's output (fc2's saved input)."""
+    return 2 * tokens * ffn_hidden * elem
+
+
+def video_rope_positions(p: Problem, frames: int) -> int:
+    """RoPE positions of a temporal block over `frames` frames: the model's `temporal_rope` (on
+    unless turned off, as video.py's VideoLayer reads it) decides; spatial blocks have none."""
+    return frames if p.model.extra.get("temporal_rope", True) else 0
+
+
+def video_block_act(p: Problem, tokens: int, positions: int, attention: int, mlp: int | None = None) -> int:
+    """Saved activations of one VideoBlock on `tokens` local rows: both LayerNorms, the residual sum
+    between them (the second norm's input), RoPE tables at `positions` (0: none), the GELU MLP (or
+    `mlp`, when the method splits it otherwise), plus `attention`: what the method's attention keeps
+    between the q/k/v projections and Wo's saved input, that input included. The block's own input
+    (the first norm's) and output are left to the caller."""
+    m, e = p.model, p.elem_bytes
+    if mlp is None:
+        mlp = gelu_mlp_act(tokens, m.ffn_hidden, e)
+    residual = tokens * m.hidden * e
+    return 2 * layer_norm_act(tokens, m.hidden, e) + residual + rope_act(positions, m.head_dim, e) + mlp + attention
+
+
+def video_memory(p: Problem, weights: int, tokens: int, act: int) -> MemCost:
+    """A video method's step: `weights` parameter bytes (the video stack has no buffers), x and dy of
+    `tokens` local rows of width d, `act` saved; after the step every weight and x hold a gradient."""
+    stream = tokens * p.model.hidden * p.elem_bytes
+    return MemCost(param=weights, input=2 * stream, act=act, grad=weights + stream)

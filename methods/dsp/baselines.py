@@ -18,15 +18,19 @@ from methods.common.collectives import all_gather_dim, heads_to_seq, reduce_scat
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import apply_rope, copy_to, local_core, rope_cos_sin
+from methods.common.memory import (MemCost, gelu_mlp_act, softmax_core_act, video_block_act, video_memory,
+                                   video_rope_positions)
 from methods.common.replicated import param_sync_cost
 from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
+from methods.ring import attention_act as ring_act
 from methods.ring import attention_cost as ring_cost
 from methods.ring import ring_attention
 from methods.tp_sp import _param, cols, column_linear_sp, rows
+from methods.ulysses import attention_act as ulysses_act
 from methods.ulysses import attention_cost as ulysses_cost
 from methods.ulysses import check_heads, ulysses_attention
 
-from . import DSPModel, check_video
+from . import DSPModel, check_video, replicated_weights
 
 
 class FrameShardModel(DSPModel):
@@ -78,6 +82,27 @@ def check_frames(p: Problem) -> None:
                             f"{p.method} shards the frames (DSP pads them instead)")
 
 
+def frame_shard_memory(p: Problem, spatial_attention: int, temporal_attention: int) -> MemCost:
+    """FrameShardModel on every rank ([B, T/N, S, C], replicated weights), given what one spatial and
+    one temporal attention keep. Each block boundary leaves one [B, T/N, S, C] storage to the next
+    norm (the previous output, or the copy the transposing reshape makes), the first block's being
+    x itself; with the output that is two per layer. The temporal block ropes its T/N frames."""
+    m, w, n = p.model, p.workload, p.world_size
+    frames_local = w.frames // n
+    tokens = w.batch_size * frames_local * w.spatial
+    layer = (video_block_act(p, tokens, 0, spatial_attention)
+             + video_block_act(p, tokens, video_rope_positions(p, frames_local), temporal_attention)
+             + 2 * tokens * m.hidden * p.elem_bytes)
+    return video_memory(p, replicated_weights(p), tokens, m.layers * layer)
+
+
+def local_spatial_act(p: Problem) -> int:
+    """The local kernel over the S tokens of each of the B*T/N frames held."""
+    m, w = p.model, p.workload
+    return softmax_core_act(w.batch_size * w.frames // p.world_size, w.spatial, m.heads, w.spatial, m.kv_heads,
+                            m.head_dim, p.torch_dtype)
+
+
 # ---- Ulysses on the temporal attention -------------------------------------------------------------
 
 def video_attention(p: Problem) -> str:
@@ -97,7 +122,7 @@ def ulysses_validate(p: Problem) -> None:
 
 def ulysses_build(p: Problem, reference: nn.Module, device: torch.device) -> FrameShardModel:
     group = dist.group.WORLD
-    spatial = None
+    spatial = local_core  # passed explicitly: None would select the reference math path
     if video_attention(p) == "all":
         spatial = partial(spatial_ulysses, group=group, frames_local=p.workload.frames // p.world_size)
     return FrameShardModel(reference, partial(ulysses_attention, group=group), group, p.torch_dtype, device, spatial)
@@ -110,6 +135,26 @@ def ulysses_video_cost(p: Problem) -> CommCost:
         for _ in range(2 if video_attention(p) == "all" else 1):
             cost += ulysses_cost(w.batch_size * w.spatial, w.frames // n, m.heads, m.kv_heads, m.head_dim, n, p.elem_bytes)
     return cost + param_sync_cost(p, video_layer_shapes(m), m.layers)
+
+
+def spatial_ulysses_act(p: Problem) -> int:
+    """`spatial_ulysses`: the local kernel keeps this rank's head group over the S tokens of all B*T
+    frames, and Wo's input is the output exchanged back ([B*T/N, S, H*D]). On one rank nothing is
+    exchanged and that input is the kernel's own output, unless the reshapes around the exchange
+    copy it ([B, T, S] -> [B, S, T] is a view only when one of them is 1)."""
+    m, w, n = p.model, p.workload, p.world_size
+    B, T, S = w.batch_size, w.frames, w.spatial
+    kernel = softmax_core_act(B * T, S, m.heads // n, S, m.kv_heads // n, m.head_dim, p.torch_dtype)
+    copied = n > 1 or min(B, T, S) > 1
+    return kernel + (B * T // n * S * m.heads * m.head_dim * p.elem_bytes if copied else 0)
+
+
+def ulysses_memory(p: Problem) -> MemCost:
+    """Ulysses on sequences of T frames, one per (b, s), as on the LLM block (methods/ulysses);
+    with `all` the spatial attention too (`spatial_ulysses_act`)."""
+    w = p.workload
+    spatial = spatial_ulysses_act(p) if video_attention(p) == "all" else local_spatial_act(p)
+    return frame_shard_memory(p, spatial, ulysses_act(p, w.batch_size * w.spatial, w.frames, p.world_size))
 
 
 # ---- Ring on the temporal attention ----------------------------------------------------------------
@@ -129,6 +174,13 @@ def ring_video_cost(p: Problem) -> CommCost:
     for _ in range(m.layers):
         cost += ring_cost(w.batch_size * w.spatial, w.frames // n, m.kv_heads, m.head_dim, n, p.torch_dtype)
     return cost + param_sync_cost(p, video_layer_shapes(m), m.layers)
+
+
+def ring_memory(p: Problem) -> MemCost:
+    """Ring attention on sequences of T frames, one per (b, s), each rank holding T/N of them."""
+    m, w = p.model, p.workload
+    temporal = ring_act(p, w.batch_size * w.spatial, w.frames // p.world_size, m.kv_heads)
+    return frame_shard_memory(p, local_spatial_act(p), temporal)
 
 
 # ---- Megatron-SP (TP-SP) on both blocks ------------------------------------------------------------
@@ -237,8 +289,45 @@ def tp_video_cost(p: Problem) -> CommCost:
     return cost.add("bwd", "all_reduce", blocks * 4 * m.hidden * e, n)  # 2 LayerNorms x (weight, bias)
 
 
+def tp_attention_act(p: Problem, temporal: bool) -> int:
+    """One TPVideoBlock attention on this rank's heads over all B*T*S tokens: the packed QKV output
+    (or the copy the temporal transpose makes), which v, a view of it, keeps whole (q and k too
+    without RoPE); with RoPE the rotated q and k; the kernel's output and LSE. Wo's input is the
+    output itself, except in the temporal block where [B, S, T] back to [B, T*S] copies it unless S
+    or T is 1, or B is 1 without RoPE: the QKV transpose is then a view, so q is laid out t-major,
+    and the CPU kernel (real and fake alike) lays its output out like q."""
+    m, w, n, e = p.model, p.workload, p.world_size, p.elem_bytes
+    B, T, S = w.batch_size, w.frames, w.spatial
+    heads, kv_heads, hd = m.heads // n, m.kv_heads // n, m.head_dim
+    tokens = B * T * S
+    batch, length = (B * S, T) if temporal else (B * T, S)
+    rope = temporal and video_rope_positions(p, T) > 0
+    views = (kv_heads if rope else heads + 2 * kv_heads) * tokens * hd * e  # q, k, v inside the QKV output
+    wo_input = tokens * heads * hd * e if temporal and min(T, S) > 1 and (rope or B > 1) else 0
+    return ((heads + 2 * kv_heads) * tokens * hd * e - views + wo_input
+            + softmax_core_act(batch, length, heads, length, kv_heads, hd, p.torch_dtype))
+
+
+def tp_memory(p: Problem) -> MemCost:
+    """TP-SP on the flattened t-major sequence: norms, residuals and the column linears' saved inputs
+    on the rank's B*T*S/N rows, attention and MLP over all tokens for 1/N of the heads and channels.
+    Each block's input is the previous one's output (the first: x), so the stream adds two
+    [B, T*S/N, C] storages per layer, the output included."""
+    m, w, n, e = p.model, p.workload, p.world_size, p.elem_bytes
+    d, tokens = m.hidden, w.batch_size * w.frames * w.spatial
+    attention_params = (m.heads + 2 * m.kv_heads) // n * m.head_dim * d + d * m.heads // n * m.head_dim
+    block_params = 4 * d + attention_params + 2 * m.ffn_hidden // n * d  # two LayerNorms (weight, bias)
+    mlp = gelu_mlp_act(tokens, m.ffn_hidden // n, e)
+    layer = sum(video_block_act(p, tokens // n, video_rope_positions(p, w.frames) if temporal else 0,
+                                tp_attention_act(p, temporal), mlp) for temporal in (False, True))
+    act = m.layers * (layer + 2 * tokens // n * d * e)
+    return video_memory(p, 2 * m.layers * block_params * e, tokens // n, act)
+
+
 VIDEO = {"workloads": ("video",), "model_kinds": ("video",)}
 register(Method("ulysses", validate=ulysses_validate, layout=frame_layout, build=ulysses_build,
-                comm_cost=ulysses_video_cost, **VIDEO))
-register(Method("ring", validate=ring_validate, layout=frame_layout, build=ring_build, comm_cost=ring_video_cost, **VIDEO))
-register(Method("tp_sp", validate=tp_validate, layout=frame_layout, build=tp_build, comm_cost=tp_video_cost, **VIDEO))
+                comm_cost=ulysses_video_cost, memory_cost=ulysses_memory, **VIDEO))
+register(Method("ring", validate=ring_validate, layout=frame_layout, build=ring_build, comm_cost=ring_video_cost,
+                memory_cost=ring_memory, **VIDEO))
+register(Method("tp_sp", validate=tp_validate, layout=frame_layout, build=tp_build, comm_cost=tp_video_cost,
+                memory_cost=tp_memory, **VIDEO))
