@@ -76,7 +76,8 @@ else:
         print("\nmissing: no row has a memory model (theory_mem_bytes is None everywhere)")
     else:
         print(f"\nmodel total / dryrun peak: {(memory.theory_GiB / memory.peak_GiB).describe()[['min', 'max']].to_dict()}"
-              " (the model's total is everything alive at once, a lower bound of the peak)")
+              " (the model's total adds the four categories; the peak frees activations as gradients appear"
+              " but adds backward transients, so it falls on either side)")
 
 # %%
 if not memory.empty:

@@ -56,6 +56,7 @@ def test_memory_fractions_and_formulas(executed):
     cwd = executed["memory"]
     memory = pd.read_csv(cwd / "memory.csv")
     assert len(memory) == ((load(FIXTURE)["mode"] == "dryrun")).sum()
+    assert (memory.theory_act_GiB == memory.fwd_end_act_GiB).all()  # every memory model equals its dryrun
     odysseus = pd.read_csv(cwd / "odysseus_memory.csv")
     assert len(odysseus) == 8 and odysseus.param_fraction.to_numpy() == pytest.approx(1 / 8, rel=0.02)
     assert (odysseus.act_fraction >= 1 / 8).all() and (odysseus.act_fraction < 0.15).all()

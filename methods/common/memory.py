@@ -26,8 +26,9 @@ class MemCost:
 
     @property
     def total(self) -> int:
-        """Everything above alive at once: a lower bound of the step's peak (which adds the
-        backward's transient buffers)."""
+        """The four categories added up: saved activations, gradients, parameters and inputs side by
+        side. The step's peak differs either way: the backward adds transient buffers, but frees
+        activations as gradients appear, so this is a scale for the peak, not a bound."""
         return self.param + self.input + self.act + self.grad
 
     def as_dict(self) -> dict[str, int]:
