@@ -16,6 +16,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 
+CATEGORIES = ("param", "input", "grad", "act")
+
+
 def _storage(t: torch.Tensor) -> torch.UntypedStorage:
     local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor's memory is its local shard
     return local.untyped_storage()
@@ -81,7 +84,7 @@ class PeakMemory(TorchDispatchMode):
 
     def live(self) -> dict[str, int]:
         """Bytes alive now, by category (e.g. at the end of the forward: the saved activations)."""
-        detail = {"param": 0, "input": 0, "grad": 0, "act": 0}
+        detail = dict.fromkeys(CATEGORIES, 0)
         for entry in self.alive.values():
             detail[entry[3]] += entry[0]
         return detail
@@ -100,7 +103,7 @@ class PeakMemory(TorchDispatchMode):
             live += delta
             if live > best:
                 best, best_time = live, time
-        detail = {"param": 0, "input": 0, "grad": 0, "act": 0}
+        detail = dict.fromkeys(CATEGORIES, 0)
         for nbytes, created, released, category in self.lifetimes:
             if created <= best_time and (released is None or released > best_time):
                 detail[category] += nbytes

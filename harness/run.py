@@ -44,17 +44,22 @@ def _git_sha() -> str | None:
         return None
 
 
+def _uses_gpu(backend: str, mode: str) -> bool:
+    """Real runs on NCCL, and emulation on a machine with CUDA (dryrun never computes)."""
+    return backend == "nccl" or (mode == "emulate" and torch.cuda.is_available())
+
+
 def _device_name(backend: str, mode: str) -> str:
     if mode == "dryrun":
         return "fake"
-    if backend == "nccl" or (mode == "emulate" and torch.cuda.is_available()):
+    if _uses_gpu(backend, mode):
         return torch.cuda.get_device_name(0)
     return platform.processor() or platform.machine() or "cpu"
 
 
 def _versions(backend: str, mode: str, world_size: int) -> dict:
     """Where the row's numbers come from: GPUs used, CUDA and NCCL versions (None without CUDA)."""
-    gpu = backend == "nccl" or (mode == "emulate" and torch.cuda.is_available())
+    gpu = _uses_gpu(backend, mode)
     nccl = torch.cuda.nccl.version() if gpu and backend == "nccl" else None
     return {"device_count": (world_size if backend == "nccl" else 1) if gpu else 0,
             "cuda_version": torch.version.cuda if gpu else None,

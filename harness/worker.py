@@ -12,8 +12,8 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable
 
 import torch

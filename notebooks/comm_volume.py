@@ -69,6 +69,17 @@ def total(detail: dict, skip: tuple = ()) -> int:
     return sum(b for phase in detail.values() for kind, b in phase.items() if kind not in skip)
 
 
+def show(records: list[dict], csv: str, missing: str) -> pd.DataFrame:
+    """The table of `records`, saved as `csv` and printed; or the line saying which rows are missing."""
+    table = pd.DataFrame(records)
+    if table.empty:
+        print(f"missing: {missing}")
+    else:
+        table.to_csv(csv, index=False)
+        print(table.to_string(index=False))
+    return table
+
+
 ELEM_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 MiB = 2.0 ** 20
 
@@ -144,12 +155,7 @@ for seq_len, group in (rows.groupby("seq_len") if not rows.empty else []):
                          "readme_MiB": (act + grad) * ELEM_BYTES[r["dtype"]] / MiB,
                          "act_x_Ld": model_table.loc[name, "activation_x_Ld"],
                          "readme_act_x_Ld": reference.evaluate(readme.loc[name, "act_comm_expr"], L=1, d=1, N=r.world_size)})
-odysseus = pd.DataFrame(odysseus)
-if odysseus.empty:
-    print("missing: no llama2_7b dryrun rows for the Odysseus table")
-else:
-    odysseus.to_csv("odysseus_table.csv", index=False)
-    print(odysseus.to_string(index=False))
+odysseus = show(odysseus, "odysseus_table.csv", "no llama2_7b dryrun rows for the Odysseus table")
 
 # %% [markdown]
 # Reading the table: TP-SP, Ulysses and Odysseus move (N-1)/N of the README's activation volume (the
@@ -182,13 +188,8 @@ for _, r in rows.iterrows():
                 "upper_bound": bool(usp_ref.loc[name, "act_comm_is_upper_bound"]),
                 "param_x_d2": (total(r.comm_detail) - total(r.comm_detail, skip=("all_reduce",))) / (r.hidden ** 2 * e),
                 "usp_param_x_d2": reference.evaluate(param, d=1)})
-usp = pd.DataFrame(usp)
-if usp.empty:
-    print("missing: no llama3_8b dryrun rows of ulysses / ring / usp / tp_sp")
-else:
-    usp = usp.sort_values(["method", "seq_len"]).reset_index(drop=True)
-    usp.to_csv("usp_table2.csv", index=False)
-    print(usp.to_string(index=False))
+usp = show(sorted(usp, key=lambda u: (u["method"], u["seq_len"])), "usp_table2.csv",
+           "no llama3_8b dryrun rows of ulysses / ring / usp / tp_sp")
 
 # %% [markdown]
 # The activation coefficients do not depend on L, as the table says. Ulysses is (N-1)/N times the GQA
@@ -220,12 +221,7 @@ for frames, group in (rows.groupby("frames") if not rows.empty else []):
                     "paper": dsp_ref.loc[name, "comm_volume_formula"],
                     "paper_x_M": reference.evaluate(dsp_ref.loc[name, "comm_volume_expr"], M=1, N=r.world_size),
                     "paper_counts": dsp_ref.loc[name, "counted_as"]})
-dsp = pd.DataFrame(dsp)
-if dsp.empty:
-    print("missing: no video dryrun rows for the DSP table")
-else:
-    dsp.to_csv("dsp_table.csv", index=False)
-    print(dsp.to_string(index=False))
+dsp = show(dsp, "dsp_table.csv", "no video dryrun rows for the DSP table")
 
 # %% [markdown]
 # ## 5. LASP-2 cost model (Linear-Llama3-1B, pure SP)
@@ -249,12 +245,7 @@ for _, r in rows.iterrows():
                  "counted_kinds": "+".join(sorted({k for p in r.comm_detail.values() for k in p if k != "all_reduce"})),
                  "paper_d_hidden_MiB": paper(r.hidden) / MiB, "paper_d_head_MiB": paper(r.head_dim) / MiB,
                  "paper": lasp_ref.loc[name, "traffic_over_iterations_formula"]})
-lasp = pd.DataFrame(lasp)
-if lasp.empty:
-    print("missing: no lasp1 / lasp2 dryrun rows")
-else:
-    lasp.to_csv("lasp2_cost.csv", index=False)
-    print(lasp.to_string(index=False))
+lasp = show(lasp, "lasp2_cost.csv", "no lasp1 / lasp2 dryrun rows")
 
 # %% [markdown]
 # The state traffic does not grow with the sequence length (the point of LASP). Per rank, a LASP-2
