@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -21,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import methods
-from methods.common.attention import KERNELS
+from methods.common.attention import KERNELS, META_CAPABILITY, candidate_backends
 from methods.common.config import InvalidConfig, Problem
 
 from .cluster import node_plan, primary_node
@@ -44,22 +45,24 @@ def _git_sha() -> str | None:
         return None
 
 
-def _uses_gpu(backend: str, mode: str) -> bool:
+def _uses_gpu(backend: str, mode: str, device: str = "auto") -> bool:
     """Real runs on NCCL, and emulation on a machine with CUDA (dryrun never computes)."""
-    return backend == "nccl" or (mode == "emulate" and torch.cuda.is_available())
+    return backend == "nccl" or (mode == "emulate" and device == "auto" and torch.cuda.is_available())
 
 
-def _device_name(backend: str, mode: str) -> str:
+def _device_name(backend: str, mode: str, device: str = "auto") -> str:
     if mode == "dryrun":
         return "fake"
-    if _uses_gpu(backend, mode):
+    if device == "meta":
+        return "meta"
+    if _uses_gpu(backend, mode, device):
         return torch.cuda.get_device_name(0)
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _versions(backend: str, mode: str, world_size: int) -> dict:
+def _versions(backend: str, mode: str, world_size: int, device: str = "auto") -> dict:
     """Where the row's numbers come from: GPUs used, CUDA and NCCL versions (None without CUDA)."""
-    gpu = _uses_gpu(backend, mode)
+    gpu = _uses_gpu(backend, mode, device)
     nccl = torch.cuda.nccl.version() if gpu and backend == "nccl" else None
     return {"device_count": (world_size if backend == "nccl" else 1) if gpu else 0,
             "cuda_version": torch.version.cuda if gpu else None,
@@ -220,6 +223,24 @@ def fault_from_cfg(cfg: DictConfig) -> Fault:
 
 
 MODES = ("real", "emulate", "dryrun")
+DEVICES = ("auto", "cpu", "meta")
+
+
+def _check_device(cfg: DictConfig, problem: Problem, attn_backend: str) -> str:
+    """`device` of an emulate job; on meta a forced kernel must be one the stand-in GPU binds."""
+    device = str(cfg.get("device", "auto"))
+    if device not in DEVICES:
+        raise InvalidConfig(f"device={device!r} is not one of {', '.join(DEVICES)}")
+    if device != "auto" and cfg.mode != "emulate":
+        raise InvalidConfig(f"device={device} needs mode=emulate (real runs use each rank's GPU or the CPU, "
+                            "dryrun uses fake tensors)")
+    if device == "meta" and attn_backend != "auto":
+        bound = candidate_backends(torch.device("meta"), problem.torch_dtype)
+        if attn_backend not in bound:
+            raise InvalidConfig(f"bench.attn_backend={attn_backend} cannot run {problem.dtype} on the meta "
+                                f"device (a stand-in GPU of compute capability {META_CAPABILITY[0]}.{META_CAPABILITY[1]}; "
+                                f"flash-attn kernels need their package installed): bound here: {', '.join(bound)}")
+    return device
 
 
 def _check_mode(cfg: DictConfig, problem: Problem) -> int:
@@ -260,13 +281,16 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
         attn_backend = str(cfg.bench.get("attn_backend", "auto"))
         if attn_backend != "auto" and attn_backend not in KERNELS:
             raise InvalidConfig(f"bench.attn_backend={attn_backend!r}: choose auto or one of {', '.join(sorted(KERNELS))}")
+        device = _check_device(cfg, problem, attn_backend)
     except InvalidConfig as e:
         return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
-    row.update(backend=backend, device_name=_device_name(backend, mode), **_versions(backend, mode, problem.world_size))
+    problem = replace(problem, device="meta" if device == "meta" else "cuda" if _uses_gpu(backend, mode, device) else "cpu")
+    row.update(backend=backend, device_name=_device_name(backend, mode, device),
+               **_versions(backend, mode, problem.world_size, device))
     # a collective waiting on a dead or hung peer gives up before the watchdog ends the job
     job = Job(problem, backend, seed=cfg.seed, warmup=cfg.bench.warmup, iters=cfg.bench.iters,
               verify=cfg.verify, pg_timeout_s=0.75 * cfg.bench.timeout_s, fault=fault, mode=mode,
-              play_rank=play_rank, attn_backend=attn_backend, profile_dir=str(job_dir / "ranks") if cfg.bench.get("profile") else None)
+              play_rank=play_rank, attn_backend=attn_backend, device=device, profile_dir=str(job_dir / "ranks") if cfg.bench.get("profile") else None)
     if plan.idle:  # emulate/dryrun on a multi-node step: node 0 plays the rank, this node has no row
         return row
     try:

@@ -53,6 +53,10 @@ class Job:
     attn_backend: str = "auto"  # bench.attn_backend: auto (best available) or a kernel name
     profile_dir: str | None = None  # bench.profile: one more step under torch.profiler, traces written here
     play_rank: int = 0  # emulate / dryrun: the rank of the world this process plays
+    device: str = "auto"  # emulate: auto (the GPU when there is one, else CPU) or meta (the meta-device tier)
+    # a test of device handling: tensors made without an explicit device land here (e.g. "meta" while
+    # the data is on the CPU), so one made without the device of its data fails as it would on a GPU
+    default_device: str | None = None
 
 
 class NonFiniteError(RuntimeError):
@@ -122,15 +126,20 @@ def entry_single(jobs: list[Job]) -> list[dict]:
     results = []
     for job in jobs:
         device = torch.device("cpu")
-        if job.mode == "emulate" and torch.cuda.is_available():
+        if job.device == "meta":
+            device = torch.device("meta")
+        elif job.mode == "emulate" and job.device == "auto" and torch.cuda.is_available():
             device = torch.device("cuda", 0)
             torch.cuda.set_device(device)
         elif job.mode == "emulate":
             # unwritten receive buffers may hold denormals, which would slow CPU arithmetic down
             torch.set_flush_denormal(True)
-        dist.init_process_group("fake", store=FakeStore(), rank=job.play_rank, world_size=job.problem.world_size)
+        # the fake group registers for CPU and CUDA only: the meta device is named here
+        backend = "cpu:fake,cuda:fake,meta:fake" if device.type == "meta" else "fake"
+        dist.init_process_group(backend, store=FakeStore(), rank=job.play_rank, world_size=job.problem.world_size)
         try:
-            results.append(run_job(job, device))
+            with torch.device(job.default_device) if job.default_device else nullcontext():
+                results.append(run_job(job, device))
         finally:
             dist.destroy_process_group()
     return results
@@ -140,7 +149,7 @@ def _global_inputs(p: Problem, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The global input x and upstream gradient dy [B, tokens, d] in float64, the same on every rank."""
     shape = (p.workload.batch_size, _tokens_axis(p), p.model.hidden)
     gen = torch.Generator().manual_seed(seed + 1)
-    return torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64)
+    return tuple(torch.randn(shape, generator=gen, dtype=torch.float64, device="cpu") for _ in range(2))
 
 
 def _inputs(job: Job, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,13 +158,13 @@ def _inputs(job: Job, index: torch.Tensor, device: torch.device) -> tuple[torch.
     p = job.problem
     if job.mode == "dryrun":
         shape = (p.workload.batch_size, index.numel(), p.model.hidden)
-        x, dy = torch.empty(shape), torch.empty(shape)
+        x, dy = torch.empty(shape, device="cpu"), torch.empty(shape, device="cpu")
     elif job.verify:
         x, dy = (shard(t, index) for t in _global_inputs(p, job.seed))
     else:
         gen = torch.Generator().manual_seed(job.seed + 1 + dist.get_rank())
         shape = (p.workload.batch_size, index.numel(), p.model.hidden)
-        x, dy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+        x, dy = torch.randn(shape, generator=gen, device="cpu"), torch.randn(shape, generator=gen, device="cpu")
     x, dy = (t.to(device=device, dtype=p.torch_dtype) for t in (x, dy))
     return x.requires_grad_(), dy
 
@@ -186,7 +195,8 @@ def _counted_step(model, x, dy, device, poison: bool) -> tuple[torch.Tensor, Com
     """One step under the communication counter (and, on CPU, the tensor-level memory tracker, which
     also reads what the forward left alive: the saved activations and the output)."""
     memory: dict = {}
-    tracker = PeakMemory([*model.parameters(), *model.buffers()], [x, dy]) if device.type == "cpu" else None
+    # the CUDA allocator reports the peak itself; CPU and meta storages are tracked tensor by tensor
+    tracker = PeakMemory([*model.parameters(), *model.buffers()], [x, dy]) if device.type != "cuda" else None
 
     def at_backward() -> None:
         counter.phase = "bwd"
@@ -214,7 +224,8 @@ def run_job(job: Job, device: torch.device) -> dict:
 def _run_job(job: Job, device: torch.device) -> dict:
     p = job.problem
     use_backend(job.attn_backend)
-    attn_backend = backend_name(device, p.torch_dtype)  # GPU kernels' one-time self-checks run here, uncounted
+    # GPU kernels' one-time self-checks run here, uncounted, at the job's head_dim
+    attn_backend = backend_name(device, p.torch_dtype, p.model.head_dim)
     real = job.mode == "real"  # only real collectives write their outputs: finite checks need them
     method = methods.for_problem(p)
     rank = dist.get_rank()
@@ -240,14 +251,15 @@ def _run_job(job: Job, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     times = []
     steps = 0 if job.mode == "dryrun" else job.warmup + job.iters  # a fake step takes no time
+    timed = device.type != "meta"  # meta steps run every code path but take no time worth a row
     for step in range(1, 1 + steps):
         _zero_grads(model, x)
         seconds, y = _timed_step(model, x, dy, device, _inject(job.fault, step))
         times.append(seconds)
         if real:
             _check_finite(y, x, model, step)
-    result["step_times_s"] = times[job.warmup:]
-    if job.profile_dir and job.mode != "dryrun":
+    result["step_times_s"] = times[job.warmup:] if timed else []
+    if job.profile_dir and job.mode != "dryrun" and timed:
         _zero_grads(model, x)
         overlap = profiled_step(lambda: _step(model, x, dy), device, Path(job.profile_dir) / f"trace_rank{rank}.json")
         result["overlap_frac"] = overlap if real else None  # a fake group's collectives take no time

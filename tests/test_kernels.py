@@ -2,6 +2,7 @@
 path (output, LSE and every gradient given the final out/LSE), the LSE merge, and the layouts."""
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Optional
 
@@ -99,14 +100,105 @@ def test_a_forced_backend_routes_every_call(monkeypatch):
 def test_self_check_accepts_a_working_kernel_and_skips_a_broken_one(monkeypatch):
     from methods.common import attention as A
     cpu = torch.device("cpu")
-    assert A._passes_self_check("cpu_flash", cpu, torch.float32)
+    assert A._passes_self_check("cpu_flash", cpu, torch.float32, 64)
     monkeypatch.setitem(A.KERNELS, "broken", (lambda q, k, v, c: (q * 0, torch.zeros(q.shape[0], q.shape[2], q.shape[1])),
                                               A.KERNELS["math"][1]))
-    with pytest.warns(UserWarning, match="'broken' skipped on cpu torch.float32: its results differ"):
-        assert not A._passes_self_check("broken", cpu, torch.float32)  # wrong numbers
+    with pytest.warns(UserWarning, match="'broken' skipped on cpu torch.float32 head_dim=64: causal LSE differs"):
+        assert not A._passes_self_check("broken", cpu, torch.float32, 64)  # wrong numbers
     monkeypatch.setitem(A.KERNELS, "raises", (lambda *a: 1 / 0, None))
-    with pytest.warns(UserWarning, match="'raises' skipped on cpu torch.float32: ZeroDivisionError"):
-        assert not A._passes_self_check("raises", cpu, torch.float32)
+    with pytest.warns(UserWarning, match="'raises' skipped on cpu torch.float32 head_dim=64: causal: ZeroDivisionError"):
+        assert not A._passes_self_check("raises", cpu, torch.float32, 64)
+
+
+def _transposed_lse(q, k, v, causal):
+    out, lse = KERNELS["math"][0](q, k, v, causal)
+    return out, lse.transpose(1, 2).contiguous()  # [B, L, H]: a kernel of the other LSE layout
+
+
+def _permuted_lse(q, k, v, causal):
+    out, lse = KERNELS["math"][0](q, k, v, causal)
+    return out, lse.transpose(1, 2).reshape(lse.shape)  # right shape, rows of the other layout
+
+
+def _shifted_causal(q, k, v, causal):
+    """Causal aligned to the bottom-right of a block one key longer (flash-attn's convention on a
+    non-square block, where math aligns top-left): every query sees one key too many."""
+    if not causal:
+        return KERNELS["math"][0](q, k, v, False)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.repeat_interleave(q.shape[2] // k.shape[2], 2).float())
+    scores = scores / math.sqrt(q.shape[-1])
+    keep = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool).tril(diagonal=1)
+    scores = scores.masked_fill(~keep, float("-inf"))
+    lse = scores.logsumexp(-1)
+    vr = v.repeat_interleave(q.shape[2] // v.shape[2], 2).float()
+    out = torch.einsum("bhqk,bkhd->bqhd", (scores - lse[..., None]).exp(), vr)
+    return out.to(q.dtype), lse
+
+
+def _unscaled(q, k, v, causal):
+    return KERNELS["math"][0](q * math.sqrt(q.shape[-1]), k, v, causal)  # the 1/sqrt(d) scale dropped
+
+
+def _scaled_grads_wrong(dout, q, k, v, out, lse, causal):
+    dq, dk, dv = KERNELS["math"][1](dout, q, k, v, out, lse, causal)
+    return dq * 1.1, dk, dv  # a 10% gradient error: the forward alone would pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("wrong,expect", [
+    ((_transposed_lse, None), "lse is"),
+    ((_permuted_lse, None), "LSE differs"),
+    ((_shifted_causal, None), "causal LSE differs"),
+    ((_unscaled, None), "LSE differs"),
+    ((None, _scaled_grads_wrong), "dq differs"),
+])
+def test_self_check_refuses_deliberately_wrong_kernels(wrong, expect, dtype):
+    """Each defect a real release could have: the LSE in [B, L, H], LSE rows permuted in the right
+    shape, causal alignment off by one (bottom-right vs top-left), the softmax scale dropped, a wrong
+    gradient. Right kernels pass at the same dtype and at the jobs' head sizes."""
+    from methods.common import attention as A
+    fwd, bwd = wrong
+    kernel = (fwd or KERNELS["math"][0], bwd or KERNELS["math"][1])
+    reason = A.check_kernel(kernel, torch.device("cpu"), dtype, 64)
+    assert reason is not None and expect in reason, reason
+    for head_dim in (8, 64, 72, 128):
+        assert A.check_kernel(KERNELS["cpu_flash"], torch.device("cpu"), dtype, head_dim) is None
+
+
+def test_self_check_runs_at_the_jobs_head_dim_and_dtype(monkeypatch):
+    """The cache key holds the head size and dtype: a kernel that fails only at head_dim 72 is
+    refused there and still used at 64."""
+    from methods.common import attention as A
+    math_fwd = KERNELS["math"][0]
+
+    def fails_at_72(q, k, v, causal):
+        if q.shape[-1] == 72:
+            raise RuntimeError("head_dim 72 not supported by this build")
+        return math_fwd(q, k, v, causal)
+
+    monkeypatch.setitem(A.KERNELS, "picky", (fails_at_72, KERNELS["math"][1]))
+    monkeypatch.setattr(A, "_candidates", lambda device, dtype: ["picky", "math"])
+    monkeypatch.setattr(A, "is_gpu_like", lambda device: True)
+    A._passes_self_check.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="head_dim=72: causal: RuntimeError: head_dim 72 not supported"):
+            assert A.backend_name(torch.device("cpu"), torch.bfloat16, 72) == "math"
+        assert A.backend_name(torch.device("cpu"), torch.bfloat16, 64) == "picky"
+    finally:
+        A._passes_self_check.cache_clear()
+
+
+def test_self_check_synchronises_inside_its_guard(monkeypatch):
+    """CUDA reports a kernel's error at the next synchronisation: the check synchronises before it
+    reads results, inside the guarded region, so an asynchronous error is a refusal, not a crash."""
+    from methods.common import attention as A
+
+    def sync(device):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(A, "synchronize", sync)
+    reason = A.check_kernel(KERNELS["math"], torch.device("cpu"), torch.float32, 64)
+    assert reason is not None and "illegal memory access" in reason
 
 
 def test_forcing_math_gives_cpu_flash_results_through_the_autograd_path():
@@ -190,6 +282,27 @@ def test_cudnn_plumbing_lse_layout_and_dense_backward_arguments(monkeypatch):
     monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention_backward", bwd)
     _check_kernel("cudnn")
     assert seen == {"lse": (2, 4, 40, 1), "dense": True, "seed": True, "max": (40, 40), "same_strides": True}
+
+
+@pytest.mark.parametrize("keepdim", [True, False])
+def test_cudnn_lse_goes_back_in_the_rank_its_forward_gave(monkeypatch, keepdim):
+    """torch releases differ: some return cuDNN's LSE as [B, H, L, 1] and want it back so, others
+    return [B, H, L] and unsqueeze inside the backward. Whatever the forward gave, the backward gets."""
+    seen = {}
+
+    def fwd(q, k, v, attn_bias, compute_log_sumexp, dropout_p, is_causal):
+        out, lse = _bhld_math(q, k, v, is_causal)
+        seed = torch.zeros((), dtype=torch.int64)
+        return out, lse.unsqueeze(-1) if keepdim else lse, None, None, q.shape[2], k.shape[2], seed, seed, None
+
+    def bwd(dout, q, k, v, out, lse, seed, offset, attn_bias, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal):
+        seen["lse"] = tuple(lse.shape)
+        return _bhld_math_bwd(dout, q, k, v, out, lse.reshape(lse.shape[:3]), is_causal)
+
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention", fwd)
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention_backward", bwd)
+    _check_kernel("cudnn")
+    assert seen["lse"] == ((2, 4, 40, 1) if keepdim else (2, 4, 40))
 
 
 def test_cuda_flash_and_efficient_plumbing(monkeypatch):

@@ -150,7 +150,7 @@ def memory_cost(p: Problem) -> MemCost:
     tokens_local = w.seq_len // n
     layer = llama_layer_act(p, w.batch_size * tokens_local, tokens_local, attention_act(p, w.batch_size, w.seq_len, n))
     return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
-                             positions_storage(cp_layout(p), w.seq_len, n), [layer] * m.layers)
+                             positions_storage(w.seq_len, n), [layer] * m.layers)
 
 
 register(Method("allgather_cp", validate=validate, layout=layout, build=build, comm_cost=comm_cost,

@@ -5,9 +5,12 @@ out [B, Lq, H, D] (input dtype) and lse [B, H, Lq] (float32, float64 for float64
 takes the *final* out and lse, which is what lets ring attention compute exact per-block gradients.
 `causal` is only used on square blocks (Lq == Lk), where every backend agrees on the mask.
 
-Which kernel runs: the first of PREFERENCE that `available_backends(device, dtype)` admits (CPU:
-cpu_flash, then math; float64 on CUDA: math only), unless `use_backend(name)` forced one;
-`backend_name(device, dtype)` says which, for the result row.
+Which kernel runs: the first of PREFERENCE that `available_backends(device, dtype, head_dim)` admits
+(CPU: cpu_flash, then math; float64 on CUDA: math only), unless `use_backend(name)` forced one;
+`backend_name(device, dtype, head_dim)` says which, for the result row. A GPU kernel is used only once
+`check_kernel` passed it at the job's dtype and head size (shapes, LSE within LSE_ATOL nats, the rest
+within REL_TOL of the math path). The meta device stands in for a Hopper GPU: the CUDA kernels are
+bound there and run their aten ops' meta kernels (the meta-device tier, tests/test_meta_device.py).
 """
 from __future__ import annotations
 
@@ -96,27 +99,25 @@ def _cpu_flash_bwd(dout, q, k, v, out, lse, causal):
     return tuple(_bhld(g) for g in grads)
 
 
-# ---- CUDA SDPA kernels (no GQA: kv heads are repeated, their grads summed back) -------------------
+# ---- CUDA SDPA kernels ---------------------------------------------------------------------------
 # The aten backward ops take cum_seq_q/cum_seq_k (and cuDNN attn_bias) as plain `Tensor`, but test
 # `.defined()` to pick the nested/varlen path or a bias: a dense call passes None, which the op
 # binding turns into an undefined tensor (an empty tensor would be "defined" and take the wrong path).
 # dout is made contiguous in [B, L, H, D] so that it has the same strides as out, as the kernels want.
+# The flash kernel takes fewer kv heads natively (and sums dK/dV over each group itself); the
+# efficient and cuDNN kernels get kv heads repeated and their gradients summed back.
 
 def _cuda_flash_fwd(q, k, v, causal):
-    rep = q.shape[2] // k.shape[2]
-    res = torch.ops.aten._scaled_dot_product_flash_attention(
-        _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), 0.0, causal)
+    res = torch.ops.aten._scaled_dot_product_flash_attention(_bhld(q), _bhld(k), _bhld(v), 0.0, causal)
     return _bhld(res[0]), res[1]
 
 
 def _cuda_flash_bwd(dout, q, k, v, out, lse, causal):
-    rep = q.shape[2] // k.shape[2]
-    kr, vr = _repeat_kv(k, rep), _repeat_kv(v, rep)
     seed = torch.empty(0, device=q.device, dtype=torch.int64)  # RNG state: only read when dropout > 0
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-        _bhld(dout.contiguous()), _bhld(q), _bhld(kr), _bhld(vr), _bhld(out.contiguous()), lse.contiguous(),
+        _bhld(dout.contiguous()), _bhld(q), _bhld(k), _bhld(v), _bhld(out.contiguous()), lse.contiguous(),
         None, None, q.shape[1], k.shape[1], 0.0, causal, seed, seed)
-    return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
+    return _bhld(dq), _bhld(dk), _bhld(dv)
 
 
 _EFFICIENT_LSE_ROWS = 32  # the efficient kernel's LSE rows come in blocks of 32, padded with +inf
@@ -142,12 +143,26 @@ def _cuda_efficient_bwd(dout, q, k, v, out, lse, causal):
     return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
 
 
+# Releases differ in the rank of cuDNN's LSE: some return [B, H, L, 1] and want it back so, others
+# return [B, H, L] and unsqueeze inside the backward. The forward records what this torch returned;
+# the backward hands the LSE back in that shape.
+_cudnn_lse_ndim: int | None = None
+
+
 def _cudnn_fwd(q, k, v, causal):
+    global _cudnn_lse_ndim
     rep = q.shape[2] // k.shape[2]
     res = torch.ops.aten._scaled_dot_product_cudnn_attention(
         _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), None, True, 0.0, causal)
-    # releases return the LSE as [B, H, L] or [B, H, L, 1] (float32): reshape covers both
+    _cudnn_lse_ndim = res[1].dim()
     return _bhld(res[0]), res[1].reshape(q.shape[0], q.shape[2], q.shape[1])
+
+
+def cudnn_raw_lse(lse: torch.Tensor) -> torch.Tensor:
+    """The [B, H, L] LSE in the shape this torch's cuDNN forward returned it (see above)."""
+    if _cudnn_lse_ndim is None:
+        raise RuntimeError("cuDNN attention backward before any cuDNN forward: the LSE rank is unknown")
+    return lse.reshape(*lse.shape, *(1,) * (_cudnn_lse_ndim - lse.dim())).contiguous()
 
 
 def _cudnn_bwd(dout, q, k, v, out, lse, causal):
@@ -157,7 +172,7 @@ def _cudnn_bwd(dout, q, k, v, out, lse, causal):
     seed = torch.zeros((), dtype=torch.int64, device=q.device)
     dq, dk, dv = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
         _bhld(dout.contiguous()), _bhld(q), _bhld(kr), _bhld(vr), _bhld(out.contiguous()),
-        lse.unsqueeze(-1).contiguous(), seed, seed, None, None, None, q.shape[1], k.shape[1], 0.0, causal)
+        cudnn_raw_lse(lse), seed, seed, None, None, None, q.shape[1], k.shape[1], 0.0, causal)
     return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
 
 
@@ -231,6 +246,9 @@ KERNELS: dict[str, Kernel] = {
 
 # best first, on a GPU (the issue's order); CPU has cpu_flash then math
 PREFERENCE = ("flash_attn3", "flash_attn", "cudnn", "cuda_flash", "cuda_efficient", "math")
+# The meta device stands in for a GPU (the meta-device tier): the CUDA wrappers are bound as on this
+# Hopper capability, and their aten ops run on meta kernels (shapes, dtypes, argument lists only).
+META_CAPABILITY = (9, 0)
 _forced: str | None = None
 
 
@@ -243,70 +261,140 @@ def use_backend(name: str | None) -> None:
     _forced = None if name in (None, "auto") else name
 
 
+def is_gpu_like(device: torch.device) -> bool:
+    """CUDA, or the meta device standing in for it."""
+    return device.type in ("cuda", "meta")
+
+
 def _candidates(device: torch.device, dtype: torch.dtype) -> list[str]:
     """Kernels whose requirements this device and dtype meet (packages, architecture, dtype)."""
-    if device.type != "cuda":
+    if not is_gpu_like(device):
         return ["cpu_flash", "math"]
     if dtype == torch.float64:
         return ["math"]
     half = dtype in (torch.float16, torch.bfloat16)
-    major = torch.cuda.get_device_capability(device)[0]
+    meta = device.type == "meta"
+    major = META_CAPABILITY[0] if meta else torch.cuda.get_device_capability(device)[0]
     ok = {"flash_attn3": _fa3 is not None and half and major == 9,
           "flash_attn": _fa is not None and half and major >= 8,
-          "cudnn": half and major >= 8 and torch.backends.cudnn.is_available(),
+          "cudnn": half and major >= 8 and (meta or torch.backends.cudnn.is_available()),
           "cuda_flash": half and major >= 8, "cuda_efficient": True, "math": True}
     return [name for name in PREFERENCE if ok[name]]
 
 
+# Self-check tolerances: |LSE - math| in nats, and max |a - b| / max |b| for out, dq, dk, dv. Loose
+# enough for a correct half-precision kernel, tight enough that a wrong causal alignment, a dropped
+# scale or a permuted LSE (each an O(1) change of some rows) is refused.
+LSE_ATOL = 1e-2
+REL_TOL = {torch.bfloat16: 5e-2, torch.float16: 2e-2, torch.float32: 1e-3, torch.float64: 1e-10}
+_CHECK_LENGTH = 129  # odd: not a multiple of any kernel's block, as stripe's L-1 blocks are not
+
+
+def _layout_differs(got: dict, ref: dict, dtype: torch.dtype, mask: str) -> str | None:
+    """Why the kernel's results so far do not have the math path's shapes and dtypes, or None."""
+    for name, g in got.items():
+        r, want = ref[name], acc_dtype(dtype) if name == "lse" else dtype
+        if tuple(g.shape) != tuple(r.shape) or g.dtype != want:
+            return f"{mask} {name} is {tuple(g.shape)} {g.dtype}, expected {tuple(r.shape)} {want}"
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (a no-op off CUDA), so their errors surface here."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why `kernel` must not be used for `dtype` attention at `head_dim` on `device`, or None when it
+    agrees with the math path on a GQA block (4 query heads over 2 kv heads) of an odd length, causal
+    and not: same shapes and dtypes of out, LSE, dq, dk, dv, and (on a device that computes) LSE
+    within LSE_ATOL nats and the rest within REL_TOL. CUDA errors are asynchronous, so the device is
+    synchronised before the results are read; any error is a reason, never an exception."""
+    tol = REL_TOL[dtype]
+    for causal in (True, False):
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        q = torch.randn(1, _CHECK_LENGTH, 4, head_dim, generator=gen).to(device=device, dtype=dtype)
+        k, v, dout = (torch.randn(1, _CHECK_LENGTH, h, head_dim, generator=gen).to(device=device, dtype=dtype)
+                      for h in (2, 2, 4))
+        mask = "causal" if causal else "full"
+        ref_out, ref_lse = _math_fwd(q, k, v, causal)
+        ref_grads = _math_bwd(dout, q, k, v, ref_out, ref_lse, causal)
+        ref = {"out": ref_out, "lse": ref_lse, "dq": ref_grads[0], "dk": ref_grads[1], "dv": ref_grads[2]}
+        got: dict[str, torch.Tensor] = {}
+        try:
+            got["out"], got["lse"] = kernel[0](q, k, v, causal)
+            reason = _layout_differs(got, ref, dtype, mask)  # before a backward that would misread it
+            if reason is None:
+                got["dq"], got["dk"], got["dv"] = kernel[1](dout, q, k, v, got["out"], got["lse"], causal)
+                synchronize(device)
+                reason = _layout_differs(got, ref, dtype, mask)
+        except Exception as err:  # noqa: BLE001 - any failure means "not usable here"
+            return f"{mask}: {type(err).__name__}: {str(err).strip()[:300]}"
+        if reason is not None:
+            return reason
+        lse = got["lse"]
+        if device.type == "meta":
+            continue  # no values to compare
+        lse_err = float((lse.double() - ref_lse.double()).abs().max())
+        if not lse_err <= LSE_ATOL:
+            return f"{mask} LSE differs from the math path by {lse_err:.3g} nats (tolerance {LSE_ATOL})"
+        for name in ("out", "dq", "dk", "dv"):
+            err = _max_rel(got[name], ref[name])
+            if not err <= tol:
+                return f"{mask} {name} differs from the math path by {err:.3g} relative (tolerance {tol})"
+    return None
+
+
 @functools.cache
-def _passes_self_check(name: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Once per process, device and dtype: a small causal GQA forward and backward agrees with the
-    math path, so a kernel that a driver or release cannot run is skipped rather than failing a job.
-    A skip warns with the reason, since the row only shows the kernel that was used instead."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    q = torch.randn(1, 128, 4, 64, device=device, dtype=dtype, generator=gen)
-    k, v = (torch.randn(1, 128, 2, 64, device=device, dtype=dtype, generator=gen) for _ in range(2))
-    dout = torch.randn(q.shape, device=device, dtype=dtype, generator=gen)
-    try:
-        out, lse = KERNELS[name][0](q, k, v, True)
-        grads = KERNELS[name][1](dout, q, k, v, out, lse, True)
-    except Exception as err:  # noqa: BLE001 - any failure means "not usable here"
-        warnings.warn(f"attention backend {name!r} skipped on {device} {dtype}: {type(err).__name__}: {err}")
-        return False
-    ref_out, ref_lse = _math_fwd(q, k, v, True)
-    ref_grads = _math_bwd(dout, q, k, v, ref_out, ref_lse, True)
-    close = lambda a, b: bool((a.float() - b.float()).abs().max() <= 5e-2 * b.float().abs().max() + 1e-3)  # noqa: E731
-    ok = close(out, ref_out) and close(lse, ref_lse) and all(close(g, r) for g, r in zip(grads, ref_grads))
-    if not ok:
-        warnings.warn(f"attention backend {name!r} skipped on {device} {dtype}: its results differ from the math path")
-    return ok
+def _passes_self_check(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Once per process, device, dtype and head_dim: `check_kernel` against the math path, so a kernel
+    that a driver or release cannot run (or runs wrongly) is skipped rather than failing a job or
+    passing wrong numbers. A skip warns with the reason, since the row only shows the kernel used."""
+    reason = check_kernel(KERNELS[name], device, dtype, head_dim)
+    if reason is not None:
+        warnings.warn(f"attention backend {name!r} skipped on {device} {dtype} head_dim={head_dim}: {reason}")
+    return reason is None
 
 
-def _usable(name: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """A candidate runs here: CPU kernels and math always, other GPU kernels once self-checked."""
-    return device.type != "cuda" or name == "math" or _passes_self_check(name, device, dtype)
+def _usable(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """A candidate runs here: CPU kernels and math always, GPU kernels once self-checked."""
+    return not is_gpu_like(device) or name == "math" or _passes_self_check(name, device, dtype, head_dim)
 
 
-def available_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
+def available_backends(device: torch.device, dtype: torch.dtype, head_dim: int = 64) -> list[str]:
     """Kernels that run here, best first: package installed, device, compute capability and dtype
     allow it, and (GPU kernels) a one-time self-check against the math path passed."""
-    return [n for n in _candidates(device, dtype) if _usable(n, device, dtype)]
+    return [n for n in _candidates(device, dtype) if _usable(n, device, dtype, head_dim)]
 
 
-def backend_name(device: torch.device, dtype: torch.dtype) -> str:
-    """The kernel attention uses for tensors on `device` in `dtype`: the forced one (ValueError when
-    it cannot run here) or the best available. Only self-checks kernels until one passes."""
+def candidate_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Kernels that this device and dtype allow, before any self-check (what may be forced)."""
+    return _candidates(device, dtype)
+
+
+def backend_name(device: torch.device, dtype: torch.dtype, head_dim: int = 64) -> str:
+    """The kernel attention uses for tensors on `device` in `dtype` at `head_dim`: the forced one
+    (ValueError when it cannot run here or fails its self-check) or the best available."""
     if _forced is not None:
         if _forced not in _candidates(device, dtype):
             raise ValueError(f"attention backend {_forced!r} cannot run {dtype} on {device.type}; "
-                             f"usable here: {', '.join(available_backends(device, dtype))}")
+                             f"usable here: {', '.join(available_backends(device, dtype, head_dim))}")
+        if not _usable(_forced, device, dtype, head_dim):
+            raise ValueError(f"attention backend {_forced!r} failed its self-check on {device} {dtype} "
+                             f"head_dim={head_dim} (the warning says why)")
         return _forced
-    return next(n for n in _candidates(device, dtype) if _usable(n, device, dtype))  # math always qualifies
+    return next(n for n in _candidates(device, dtype) if _usable(n, device, dtype, head_dim))  # math qualifies
 
 
 def choose_backend(q: torch.Tensor) -> str:
     """The kernel for this query tensor (see backend_name)."""
-    return backend_name(q.device, q.dtype)
+    return backend_name(q.device, q.dtype, q.shape[-1])
 
 
 def attn_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,6 +57,13 @@ class Problem:
     world_size: int
     dtype: str = "float32"
     options: dict = field(default_factory=dict)  # method.* keys other than `name`
+    # the device type the ranks compute on (cpu, cuda, or meta standing in for cuda): kernels differ
+    # in what they allocate (e.g. LayerNorm's statistics), and memory models follow them
+    device: str = "cpu"
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device in ("cuda", "meta")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -64,7 +71,7 @@ class Problem:
 
     @property
     def elem_bytes(self) -> int:
-        return torch.empty((), dtype=self.torch_dtype).element_size()
+        return self.torch_dtype.itemsize
 
     def opt(self, key: str, default: Any = None) -> Any:
         value = self.options.get(key, default)

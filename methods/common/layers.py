@@ -45,7 +45,7 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [L, head_dim/2] for the given global token positions (any order)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim))
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -148,9 +148,9 @@ def init_weights_(model: nn.Module, seed: int) -> nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu"))
             else:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) / math.sqrt(p.shape[-1]))
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu") / math.sqrt(p.shape[-1]))
     return model
 
 
@@ -199,14 +199,16 @@ def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.
                     device: torch.device | str = "cpu", workload: Workload | None = None) -> nn.Module:
     """The single-device reference stack for `cfg.kind`, identical on every rank for a given seed
     (video models take their frame and spatial sizes from the workload)."""
-    if cfg.kind == "video":
-        from .video import VideoModel
-        model = VideoModel(cfg, workload.frames, workload.spatial)
-    elif cfg.kind in BLOCK_BUILDERS:
-        model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
-    else:
+    if cfg.kind not in BLOCK_BUILDERS and cfg.kind != "video":
         raise KeyError(f"no reference block registered for model kind {cfg.kind!r}")
-    return to_(init_weights_(to_(model, dtype=torch.float64), seed), device, dtype)
+    with torch.device("cpu"):  # weights come from a CPU generator, whatever the default device is
+        if cfg.kind == "video":
+            from .video import VideoModel
+            model = VideoModel(cfg, workload.frames, workload.spatial)
+        else:
+            model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
+        init_weights_(to_(model, dtype=torch.float64), seed)
+    return to_(model, device, dtype)
 
 
 def to_(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:

@@ -1,6 +1,7 @@
 """Which global token positions each rank holds. A layout is a list (one per rank) of index tensors
 into the token axis; sharding is `index_select`, reassembly is the inverse scatter, and RoPE reads
-its positions from the same indices, so positions always follow the layout."""
+its positions from the same indices, so positions always follow the layout. Index tensors live on
+the CPU (they are bookkeeping); whoever applies one to data moves it to the data's device."""
 from __future__ import annotations
 
 import functools
@@ -23,19 +24,20 @@ def real_indices(layout: Callable[..., list[torch.Tensor]]) -> Callable[..., lis
 
 
 def contiguous(length: int, n: int) -> list[torch.Tensor]:
-    """Rank r holds [r*L/n, (r+1)*L/n)."""
-    return list(torch.arange(length).view(n, length // n))
+    """Rank r holds [r*L/n, (r+1)*L/n). Each index owns its storage: a view would keep the whole
+    arange alive on the CPU, but not once copied to a GPU, and memory must not depend on that."""
+    return [chunk.clone() for chunk in torch.arange(length, device="cpu").view(n, length // n)]
 
 
 def zigzag(length: int, n: int) -> list[torch.Tensor]:
     """2n chunks; rank r holds chunks r and 2n-1-r (equal causal work on every rank)."""
-    chunks = torch.arange(length).view(2 * n, length // (2 * n))
+    chunks = torch.arange(length, device="cpu").view(2 * n, length // (2 * n))
     return [torch.cat((chunks[r], chunks[2 * n - 1 - r])) for r in range(n)]
 
 
 def stripe(length: int, n: int) -> list[torch.Tensor]:
     """Token t lives on rank t mod n."""
-    return [torch.arange(r, length, n) for r in range(n)]
+    return [torch.arange(r, length, n, device="cpu") for r in range(n)]
 
 
 LAYOUTS = {"contiguous": contiguous, "basic": contiguous, "zigzag": zigzag, "stripe": stripe}

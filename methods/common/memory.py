@@ -128,10 +128,10 @@ def replicated_memory(p: Problem, block_shapes: list[tuple[int, ...]], tokens: i
                    grad=weights + stream)
 
 
-def positions_storage(layout: str, length: int, n: int) -> int:
-    """int64 elements behind one rank's index tensor of a layout (layout.py): a contiguous shard is a
-    row view of the whole arange; zigzag and stripe build their own L/N."""
-    return length if layout in ("contiguous", "basic") else length // n
+def positions_storage(length: int, n: int) -> int:
+    """int64 elements behind one rank's index tensor of a layout (layout.py): every layout gives each
+    rank its own L/N positions."""
+    return length // n
 
 
 def linear_kernel_act(batch: int, length: int, heads: int, head_dim: int, dtype: torch.dtype, causal: bool,
@@ -170,11 +170,11 @@ def linear_kernel_act(batch: int, length: int, heads: int, head_dim: int, dtype:
 # stays alive; which storage that is (the previous block's output, or a copy a reshape or exchange
 # made) is the method's business, so the terms below leave a block's input and output to the caller.
 
-def layer_norm_act(tokens: int, hidden: int, elem: int) -> int:
-    """One LayerNorm on `tokens` rows, its saved input excluded: the mean and rstd [T, 1] (in the
-    input dtype, as the CPU kernel returns them) and the normalised rows (saved by the linears after
-    it)."""
-    return 2 * tokens * elem + tokens * hidden * elem
+def layer_norm_act(tokens: int, hidden: int, elem: int, stats_elem: int) -> int:
+    """One LayerNorm on `tokens` rows, its saved input excluded: the mean and rstd [T, 1] of
+    `stats_elem` bytes (the input dtype on CPU, float32 for half inputs on CUDA) and the normalised
+    rows (saved by the linears after it)."""
+    return 2 * tokens * stats_elem + tokens * hidden * elem
 
 
 def gelu_mlp_act(tokens: int, ffn_hidden: int, elem: int) -> int:
@@ -198,7 +198,8 @@ def video_block_act(p: Problem, tokens: int, positions: int, attention: int, mlp
     if mlp is None:
         mlp = gelu_mlp_act(tokens, m.ffn_hidden, e)
     residual = tokens * m.hidden * e
-    return 2 * layer_norm_act(tokens, m.hidden, e) + residual + rope_act(positions, m.head_dim, e) + mlp + attention
+    stats = acc_bytes(p.torch_dtype) if p.on_gpu else e
+    return 2 * layer_norm_act(tokens, m.hidden, e, stats) + residual + rope_act(positions, m.head_dim, e) + mlp + attention
 
 
 def video_memory(p: Problem, weights: int, tokens: int, act: int) -> MemCost:

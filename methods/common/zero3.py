@@ -18,6 +18,11 @@ from .cost import CommCost
 
 def shard_(module: nn.Module, group: dist.ProcessGroup, device: torch.device) -> nn.Module:
     """Make `module` one FSDP2 unit over `group` (in place)."""
+    if device.type == "meta":
+        raise NotImplementedError(
+            "ZeRO-3 cannot run on the meta device: FSDP2 refuses meta parameters (it wants them "
+            "materialised before training). The nearest check runs it on CPU with meta as the default "
+            "device, so a tensor made without the device of its data fails there (tests/test_meta_device.py)")
     with unset_fake_temporarily():  # the mesh keeps its rank map as real tensors (mode=dryrun)
         mesh = DeviceMesh.from_group(group, device.type)
     fully_shard(module, mesh=mesh, reshard_after_forward=True)

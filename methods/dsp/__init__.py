@@ -71,7 +71,7 @@ class DSPModel(nn.Module):
         B, _, C = x_local.shape
         sizes = spatial_sizes(m.spatial, n)
         pad = max(sizes)  # every rank's spatial shard travels padded to the largest
-        real = torch.cat([i * pad + torch.arange(s) for i, s in enumerate(sizes)]).to(x_local.device)
+        real = torch.cat([i * pad + torch.arange(s, device=x_local.device) for i, s in enumerate(sizes)])
         x = x_local.view(B, m.frames, sizes[r], C)  # resident: the S-shard
         frames = torch.arange(m.frames, device=x.device)
         for layer in m.blocks:
@@ -104,7 +104,7 @@ def check_video(p: Problem) -> None:
 
 def spatial_sizes(spatial: int, n: int) -> list[int]:
     """Spatial tokens per rank: as equal as possible (ceil for the first S mod N ranks)."""
-    return [len(chunk) for chunk in torch.arange(spatial).tensor_split(n)]
+    return [len(chunk) for chunk in torch.arange(spatial, device="cpu").tensor_split(n)]
 
 
 def validate(p: Problem) -> None:
@@ -119,7 +119,7 @@ def layout(p: Problem) -> list[torch.Tensor]:
     """Rank r holds its run of spatial positions in every frame (flattened t-major); runs differ by at
     most one token when N does not divide S."""
     _, T, S = video_shape(p)
-    grid = torch.arange(T * S).view(T, S)
+    grid = torch.arange(T * S, device="cpu").view(T, S)
     return [shard.reshape(-1) for shard in grid.tensor_split(p.world_size, dim=1)]
 
 

@@ -29,7 +29,7 @@ from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, is_softmax_layer, llama_block_shapes
 from methods.common.linear_attention import LinearKernel, chunk_weights
-from methods.common.memory import MemCost, llama_layer_act, replicated_memory
+from methods.common.memory import MemCost, llama_layer_act, positions_storage, replicated_memory
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
 
@@ -168,7 +168,8 @@ def memory_cost(p: Problem) -> MemCost:
     layers = [llama_layer_act(p, w.batch_size * tokens_local, tokens_local,
                               allgather_act(p, w.batch_size, w.seq_len, n) if is_softmax_layer(m, i) else state_attention_act(p))
               for i in range(m.layers)]
-    return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local, w.seq_len, layers)
+    return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
+                             positions_storage(w.seq_len, p.world_size), layers)
 
 
 register(Method("lasp2", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,

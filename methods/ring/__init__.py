@@ -185,7 +185,7 @@ def memory_cost(p: Problem) -> MemCost:
     layer = llama_layer_act(p, w.batch_size * tokens_local, tokens_local,
                             attention_act(p, w.batch_size, tokens_local, m.kv_heads))
     return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
-                             positions_storage(ring_layout(p), w.seq_len, n), [layer] * m.layers)
+                             positions_storage(w.seq_len, n), [layer] * m.layers)
 
 
 register(Method("ring", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost))

@@ -19,7 +19,7 @@ from methods.common.collectives import heads_to_seq, seq_to_heads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, is_softmax_layer, llama_block_shapes
-from methods.common.memory import MemCost, linear_kernel_act, llama_layer_act, replicated_memory, softmax_core_act
+from methods.common.memory import MemCost, linear_kernel_act, llama_layer_act, positions_storage, replicated_memory, softmax_core_act
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
 
@@ -117,7 +117,7 @@ def memory_cost(p: Problem) -> MemCost:
     layers = [llama_layer_act(p, tokens, w.seq_len // n,
                               attention_act(p, w.batch_size, w.seq_len, n, is_softmax_layer(m, i)))
               for i in range(m.layers)]
-    return replicated_memory(p, llama_block_shapes(m), tokens, w.seq_len, layers)
+    return replicated_memory(p, llama_block_shapes(m), tokens, positions_storage(w.seq_len, p.world_size), layers)
 
 
 register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,

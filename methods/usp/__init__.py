@@ -91,7 +91,7 @@ def layout(p: Problem) -> list[torch.Tensor]:
     out = []
     for rank in range(p.world_size):
         ring_index, ulysses_index = grid_position(p, rank)
-        out.append(segments[ring_index].chunk(ud)[ulysses_index])
+        out.append(segments[ring_index].chunk(ud)[ulysses_index].clone())  # its own storage (layout.py)
     return out
 
 
@@ -126,8 +126,8 @@ def comm_cost(p: Problem) -> CommCost:
 
 def memory_cost(p: Problem) -> MemCost:
     """The ring attention's saved q, k, v, output and LSE on a ring segment (L/R tokens) for a head
-    group (H/U heads), plus Wo's input exchanged back to the rank's L/N tokens when U > 1. Positions
-    are a view of the rank's ring segment (the whole arange for the basic layout)."""
+    group (H/U heads), plus Wo's input exchanged back to the rank's L/N tokens when U > 1, and the
+    rank's own L/N positions."""
     m, w, n = p.model, p.workload, p.world_size
     ud, rd = degrees(p)
     tokens_local, segment = w.seq_len // n, w.seq_len // rd
@@ -137,7 +137,7 @@ def memory_cost(p: Problem) -> MemCost:
         attention += w.batch_size * tokens_local * m.heads * m.head_dim * p.elem_bytes
     layer = llama_layer_act(p, w.batch_size * tokens_local, tokens_local, attention)
     return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
-                             positions_storage(ring_layout(p), w.seq_len, rd), [layer] * m.layers)
+                             positions_storage(w.seq_len, p.world_size), [layer] * m.layers)
 
 
 register(Method("usp", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost))
