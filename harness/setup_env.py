@@ -213,8 +213,12 @@ def missing(reqs: list[str]) -> list[tuple[str, str]]:
 def torch_info() -> dict | None:
     """Version, CUDA build, CUDA usability and location of the importable torch, or None."""
     importlib.invalidate_caches()
+    import warnings
+
     try:
-        import torch
+        with warnings.catch_warnings():  # e.g. "Failed to initialize NumPy" before numpy is installed
+            warnings.simplefilter("ignore")
+            import torch
     except Exception:
         return None
     return {"version": torch.__version__, "cuda": torch.version.cuda, "hip": getattr(torch.version, "hip", None),
@@ -387,7 +391,8 @@ def install() -> None:
         else:
             todo.append((req, why))
     if todo:
-        say(f"installing {len(todo)} missing: " + ", ".join(f"{r} ({why})" for r, why in todo))
+        say(f"installing {len(todo)} missing: " + ", ".join(r if why == "not installed" else f"{r} ({why})"
+                                                          for r, why in todo))
         pip([r for r, _ in todo], ", ".join(r for r, _ in todo))
     else:
         say(f"all {len(reqs['dependencies'])} dependencies present")
