@@ -2,26 +2,27 @@
 # spbench entry point.
 #   bash run.sh          set up if needed, run the default sweep on this machine, print the report
 #   bash run.sh test     set up if needed, run the test suite
+#   bash run.sh setup    only the set-up
 # Extra arguments after `test` go to pytest; extra arguments to the sweep go to Hydra.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 setup() {
-    if [ -z "${VIRTUAL_ENV:-}" ]; then
-        [ -x .venv/bin/python ] || python3 -m venv .venv
+    # The set-up's steps live in harness/setup_env.py (standard library only); each prints one line.
+    if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
+        # An active virtual or conda environment is used as it is.
+        local prefix="${VIRTUAL_ENV:-$CONDA_PREFIX}"
+        if [ -x "$prefix/bin/python" ]; then
+            export PATH="$prefix/bin:$PATH"
+        fi
+        echo "setup: using the active environment $prefix"
+    else
+        # .venv: it sees python3's torch when python3 has one; otherwise a plain venv
+        python3 -m harness.setup_env venv .venv
         # shellcheck disable=SC1091
         source .venv/bin/activate
     fi
-    # Keep a torch that is already importable (e.g. a CUDA build on a GPU box); otherwise take the
-    # pinned CPU wheel: an unpinned torch would pull a multi-GB CUDA build.
-    if ! python -c "import torch" 2>/dev/null; then
-        python -m pip install -q "torch==2.13.0"
-    fi
-    local stamp="$VIRTUAL_ENV/.spbench-$(sha1sum pyproject.toml | cut -c1-12)"
-    if [ ! -f "$stamp" ]; then
-        python -m pip install -q -e .
-        touch "$stamp"
-    fi
+    python -m harness.setup_env install
 }
 
 default_sweep() {
@@ -56,7 +57,9 @@ default_sweep() {
 }
 
 setup
-if [ "${1:-}" = "test" ]; then
+if [ "${1:-}" = "setup" ]; then
+    echo "setup: done; python: $(command -v python)"
+elif [ "${1:-}" = "test" ]; then
     shift
     python -m pytest "$@"
 else
