@@ -512,8 +512,8 @@ def real_overrides(cpu: bool) -> list[str]:
               "bench.timeout_s=120"]
     if cpu:
         return [*common, "backend=gloo", "dtype=float32", "model=tiny", "workload.seq_len=256", *CPU_BENCH]
-    return [*common, "backend=nccl", "dtype=bfloat16", "hardware=h100_nvlink_8x", "model=llama3_8b", "model.layers=1", "model.hidden=1024",
-            "model.heads=8", "model.kv_heads=2", "model.head_dim=128", "model.ffn_hidden=3584",
+    return [*common, "backend=nccl", "dtype=bfloat16", "hardware=h100_nvlink_8x", "model=llama3_8b", "model.layers=1",
+            "model.hidden=1024", "model.heads=8", "model.kv_heads=2", "model.head_dim=128", "model.ffn_hidden=3584",
             "workload.seq_len=4096", "bench.warmup=1", "bench.iters=3"]
 
 
