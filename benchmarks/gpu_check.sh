@@ -122,8 +122,9 @@ fi
 run_step summary 30 $PY "${check[@]}" summary --out "$out" "${cpu_flag[@]}"
 echo "total $(( $(date +%s) - started ))s; summary: $out/summary.md"
 [[ -f $out/summary.md ]] && cat "$out/summary.md"
-if [[ -n $copy_to ]]; then
-    mkdir -p "$copy_to" && cp -r "$out" "$copy_to/"
+if [[ -n $copy_to ]]; then  # one archive and the summary: the device tool brings back at most 8 files
+    mkdir -p "$copy_to" && tar -C "$(dirname "$out")" -czf "$copy_to/gpu_check.tgz" "$(basename "$out")" \
+        && cp "$out/summary.md" "$copy_to/"
 fi
 # every step passed (steps.csv, since steps run in the background in CPU mode set all_ok in a subshell)
 awk -F, 'NR > 1 && $2 != "passed" { bad = 1 } END { exit bad }' "$out/steps.csv"

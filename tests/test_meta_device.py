@@ -262,3 +262,29 @@ def test_the_tier_sees_a_cpu_tensor_meeting_device_data(monkeypatch):
     assert "error" not in _run(Job(p, mode="emulate", device="cpu", warmup=0, iters=1))
     error = _run(Job(p, mode="emulate", device="meta", warmup=0, iters=1))["error"]
     assert "device" in error and "cpu" in error and "meta" in error, error
+
+
+def test_harness_run_on_meta_writes_rows_and_refuses_what_meta_cannot_bind(tmp_path):
+    """Through `python -m harness.run`: ok rows with counted bytes equal to theory and no timing, a
+    Llama3-8B-shaped point (head_dim 128, GQA 32/8, 8 ranks) included; invalid rows, before any
+    process starts, for device=meta outside emulate and for a kernel the stand-in GPU cannot bind."""
+    from harness.results import load
+
+    from .test_harness import harness_run
+    sweep = tmp_path / "sweep"
+    res = harness_run("-m", "mode=emulate", "device=meta", "method=ulysses,ring", "bench.attn_backend=cudnn",
+                      "model=llama3_8b", "model.layers=1", "world_size=8", "workload.seq_len=8192", "dtype=bfloat16",
+                      "bench.warmup=1", "bench.iters=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = load(sweep)
+    assert len(df) == 2 and (df.status == "ok").all(), df[["method", "error"]]
+    assert sorted(zip(df.method, df.attn_backend)) == [("ring", "cudnn"), ("ulysses", "cudnn")]
+    assert (df.device_name == "meta").all() and "step_time_ms" not in df  # no timing on meta
+    assert (df.comm_bytes_fwd == df.theory_comm_bytes_fwd).all() and (df.comm_bytes_bwd == df.theory_comm_bytes_bwd).all()
+    bad = tmp_path / "bad"
+    res = harness_run("-m", "mode=real,emulate", "device=meta", "bench.attn_backend=flash_attn", "dtype=bfloat16",
+                      f"hydra.sweep.dir={bad}", cwd=tmp_path)
+    rows = load(bad).sort_values("mode")
+    assert list(rows.status) == ["invalid", "invalid"]
+    assert "flash-attn kernels need their package installed" in rows.error.iloc[0]
+    assert "device=meta needs mode=emulate" in rows.error.iloc[1]
