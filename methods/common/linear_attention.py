@@ -11,6 +11,9 @@ Shapes as the softmax kernels: q [B, L, H, D], k/v [B, L, Hkv, D], GQA by repeat
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -62,9 +65,17 @@ class LinearKernel:
         decay): the intra-chunk weighted products of every chunk in one batched product, the chunk
         states M_m = (b * K_m)^T V_m in another, their decayed exclusive prefix S_n = sum_{m<n}
         lambda^(c(n-1-m)) M_m, and the queries times their chunk's S_n. States, their prefix and the
-        inter-chunk term are in the accumulation dtype; the intra-chunk term and the output in q's."""
+        inter-chunk term are in the accumulation dtype; the intra-chunk term and the output in q's.
+        On CUDA, flash-linear-attention's chunk kernel runs instead where it is installed and passed
+        its self-check (`linear_backend_name`)."""
         if not causal:
             return naive_linear_attention(q, k, v, False)
+        if _fla_usable(q):
+            return self._fla(q, k, v)
+        return self._chunked(q, k, v)
+
+    def _chunked(self, q, k, v) -> torch.Tensor:
+        """The torch path of the causal kernel (every device; "torch_chunked")."""
         B, L, H = q.shape[:3]
         c, acc, dev = min(self.chunk, L), acc_dtype(q.dtype), q.device  # a short sequence is one chunk
         n = -(-L // c)  # chunks; the last one is zero-padded to c tokens
@@ -81,12 +92,12 @@ class LinearKernel:
                 qa, kb = qa * a, kb * b
             # every chunk's state in one product (the last one's is never read: dropped)
             states = torch.einsum("bhnkd,bhnke->bhnde", kb, vh.to(acc))[:, :, :-1]
-            prefix = self._prefix(states, dev)  # [B, H, n-1, D, E]: S_1 .. S_{n-1}
+            prefix = self._prefix(states, c, dev)  # [B, H, n-1, D, E]: S_1 .. S_{n-1}
             prefix = F.pad(prefix, (0, 0, 0, 0, 1, 0))  # S_0 = 0, so every chunk's queries go in one product
             out = out + torch.einsum("bhnqd,bhnde->bhnqe", qa, prefix).to(q.dtype)
         return out.view(B, H, n * c, -1)[:, :, :L].transpose(1, 2).contiguous()
 
-    def _prefix(self, states: torch.Tensor, device) -> torch.Tensor:
+    def _prefix(self, states: torch.Tensor, c: int, device) -> torch.Tensor:
         """Inclusive decayed scan over the chunk axis (dim 2) of the states M_0 .. M_{n-2}: entry j is
         sum_{m<=j} lambda^(c(j-m)) M_m = S_{j+1}.
 
@@ -107,12 +118,112 @@ class LinearKernel:
             return states
         log = torch.log(self.decay.to(device=device, dtype=torch.float64))
         shifts = 2.0 ** torch.arange(steps, device=device, dtype=torch.float64)
-        factors = torch.exp((self.chunk * shifts)[:, None] * log[None, :]).to(states.dtype)  # lambda^(cs) [steps, H]
+        factors = torch.exp((c * shifts)[:, None] * log[None, :]).to(states.dtype)  # lambda^(cs) [steps, H]
         factors = factors.view(steps, 1, -1, 1, 1, 1)
         for i in range(steps):
             s = 1 << i
             states = torch.cat((states[:, :, :s], torch.addcmul(states[:, :, s:], states[:, :, :-s], factors[i])), dim=2)
         return states
+
+    def _fla(self, q, k, v) -> torch.Tensor:
+        """flash-linear-attention's chunk kernel ("fla_chunk"): simple GLA with the per-head log decay
+        as its data-independent gate, no 1/sqrt(d) scale, no initial state; kv heads repeated."""
+        k, v = _repeat_kv(q, k, v)
+        gamma = None if self.decay is None else torch.log(self.decay.to(device=q.device, dtype=torch.float64)).float()
+        out, _ = _fla_kernel()(q, k, v, g_gamma=gamma, scale=1.0, initial_state=None, output_final_state=False)
+        return out.to(q.dtype)
+
+
+# ---- optional GPU backend: flash-linear-attention (PyPI fla-core, Triton) -------------------------
+# Chosen for causal layers on CUDA in float32 / bfloat16 / float16 when `fla` imports, after a
+# self-check against the torch path once per (device, dtype, head_dim); a kernel that raises or
+# disagrees is refused with a warning and the torch path runs instead.
+
+FLA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# max |fla - torch| / max |torch| allowed by the self-check, output and q/k/v gradients (fla's
+# float32 products may run in TF32)
+FLA_TOLERANCE = {torch.float32: 5e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+_fla_verdicts: dict[tuple[str, torch.dtype, int], bool] = {}
+
+
+@functools.cache
+def _fla_kernel():
+    """fla's `chunk_simple_gla`, or None where flash-linear-attention is not installed (or fails to
+    import). Looked up once per process."""
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+    except Exception:  # noqa: BLE001 - ImportError, or Triton / driver trouble at import
+        return None
+    return chunk_simple_gla
+
+
+def _device_key(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
+def _fla_candidate(device, dtype: torch.dtype) -> bool:
+    return torch.device(device).type == "cuda" and dtype in FLA_DTYPES and _fla_kernel() is not None
+
+
+def _fla_verdict(device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether fla passed its self-check for this (device, dtype, head_dim); run once, then cached."""
+    key = (_device_key(device), dtype, head_dim)
+    if key not in _fla_verdicts:
+        _fla_verdicts[key] = _fla_self_check(torch.device(key[0]), dtype, head_dim)
+    return _fla_verdicts[key]
+
+
+def _fla_usable(q: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+    if not _fla_candidate(q.device, q.dtype) or is_fake(q):  # dryruns keep the modelled torch path
+        return False
+    return _fla_verdict(q.device, q.dtype, q.shape[-1])
+
+
+def _fla_self_check(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """fla against the torch path on a small GQA problem with a ragged last chunk, with and without a
+    decay: output and q/k/v gradients within FLA_TOLERANCE. False (with a warning) if not, or if
+    it raises."""
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with torch.enable_grad():
+            for decay in (None, head_decays(4)):
+                kernel = LinearKernel(decay)
+                x = [torch.randn(1, 150, h, head_dim, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+                     for h in (4, 2, 2)]
+                dout = torch.randn(1, 150, 4, head_dim, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+                results = []
+                for run in (kernel._chunked, kernel._fla):
+                    inputs = [t.detach().requires_grad_() for t in x]
+                    out = run(*inputs)
+                    results.append([out.detach(), *torch.autograd.grad(out, inputs, dout)])
+                for name, want, got in zip(("out", "dq", "dk", "dv"), *results):
+                    err = float((got.float() - want.float()).abs().max()) / max(float(want.float().abs().max()), 1e-30)
+                    if not err <= FLA_TOLERANCE[dtype]:  # also refuses NaN
+                        raise ValueError(f"{name} off by {err:.2e} of its max (decay={decay is not None})")
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not use it
+        warnings.warn(f"fla chunk kernel refused on {device} {dtype} head_dim={head_dim}: {exc}; "
+                      "using the torch chunked kernel", RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def linear_backend_name(device, dtype: torch.dtype, head_dim: int | None = None) -> str:
+    """The causal linear kernel's backend on `device` in `dtype`: "fla_chunk" where fla is installed,
+    the device is CUDA, the dtype one of FLA_DTYPES and its self-check passed (run now for
+    `head_dim` when given; without it, no check on this device and dtype has failed), else
+    "torch_chunked"."""
+    if not _fla_candidate(device, dtype):
+        return "torch_chunked"
+    if head_dim is not None:
+        ok = _fla_verdict(device, dtype, head_dim)
+    else:
+        key = _device_key(device)
+        ok = all(v for (d, t, _), v in _fla_verdicts.items() if d == key and t == dtype)
+    return "fla_chunk" if ok else "torch_chunked"
 
 
 def _head_major(x: torch.Tensor, heads: int, length: int) -> torch.Tensor:
