@@ -137,7 +137,8 @@ def positions_storage(layout: str, length: int, n: int) -> int:
 def linear_kernel_act(batch: int, length: int, heads: int, head_dim: int, dtype: torch.dtype, causal: bool,
                       decay: bool, chunk: int = 64) -> int:
     """What LinearKernel (linear_attention.py) keeps on q/k/v [B, length, heads, D] (kv heads already
-    repeated to `heads`), its output excluded. G = B*heads; causal runs cut the sequence into
+    repeated to `heads`), its output excluded: its torch path, the one CPU runs and dryruns take (the
+    optional fla kernel on CUDA keeps its own). G = B*heads; causal runs cut the sequence into
     n = ceil(L/c) chunks of c = min(chunk, L) tokens, the last zero-padded to c (Lp = n*c).
 
     Causal, every chunk at once: the head-major copies of q, k, v [B, heads, Lp, D] (3 G Lp D, input
