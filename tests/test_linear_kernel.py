@@ -156,3 +156,12 @@ def test_without_fla_the_backend_is_torch():
     if la._fla_kernel() is not None:
         pytest.skip("fla is installed here")
     assert linear_backend_name("cuda", torch.bfloat16) == "torch_chunked"
+
+
+def test_fla_self_check_runs_inside_a_no_grad_forward(monkeypatch):
+    """The first CUDA call may come from LASP's no-grad autograd.Function forward (or inference)."""
+    monkeypatch.setattr(la, "_fla_kernel", lambda: fla_stand_in([]))
+    with torch.no_grad():
+        assert la._fla_self_check(torch.device("cpu"), torch.float32, 8)
+    with torch.inference_mode():
+        assert la._fla_self_check(torch.device("cpu"), torch.float32, 8)

@@ -189,7 +189,7 @@ def _fla_self_check(device: torch.device, dtype: torch.dtype, head_dim: int) -> 
     it raises."""
     gen = torch.Generator().manual_seed(0)
     try:
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():  # it may first run inside a no-grad forward
             for decay in (None, head_decays(4)):
                 kernel = LinearKernel(decay)
                 x = [torch.randn(1, 150, h, head_dim, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
