@@ -22,12 +22,18 @@ def decayed(m: ModelConfig) -> ModelConfig:
     return replace(m, extra={**m.extra, "decay": True})
 
 
-@pytest.mark.parametrize("length,chunk", [(50, 16), (64, 64), (63, 8)])
+# lengths that are multiples of the chunk (one chunk, two, eight) and that are not (a ragged last
+# chunk, a single token, a sequence shorter than one chunk); the last case is long (64 chunks, the
+# doubling scan's six steps) on B=1 and 2 query heads over 1 kv head, so the quadratic reference fits
+@pytest.mark.parametrize("length,chunk,batch,heads,kv_heads", [
+    (50, 16, 2, 4, 2), (64, 64, 2, 4, 2), (63, 8, 2, 4, 2), (128, 16, 2, 4, 2), (130, 64, 2, 4, 2),
+    (65, 64, 2, 4, 2), (1, 64, 2, 4, 2), (40, 64, 2, 4, 4), (4096, 64, 1, 2, 1)])
 @pytest.mark.parametrize("decay", [False, True])
-def test_chunked_kernel_matches_naive(length, chunk, decay):
+def test_chunked_kernel_matches_naive(length, chunk, batch, heads, kv_heads, decay):
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, length, h, 8, generator=gen, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
-    d = head_decays(4) if decay else None
+    q, k, v = (torch.randn(batch, length, h, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+               for h in (heads, kv_heads, kv_heads))
+    d = head_decays(heads) if decay else None
     ref, got = naive_linear_attention(q, k, v, True, d), LinearKernel(d, chunk)(q, k, v, True)
     dout = torch.randn_like(ref)
     g_ref, g_got = torch.autograd.grad(ref, (q, k, v), dout), torch.autograd.grad(got, (q, k, v), dout)

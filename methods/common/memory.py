@@ -137,31 +137,37 @@ def positions_storage(length: int, n: int) -> int:
 def linear_kernel_act(batch: int, length: int, heads: int, head_dim: int, dtype: torch.dtype, causal: bool,
                       decay: bool, chunk: int = 64) -> int:
     """What LinearKernel (linear_attention.py) keeps on q/k/v [B, length, heads, D] (kv heads already
-    repeated to `heads`), its output excluded. Per chunk of c tokens, G = B*heads: the intra-chunk
-    products keep their own contiguous copies of q, k, v (3 G c D), the masked scores (G c^2) and the
-    constant decay mask (c^2, or heads*c^2 with a decay); the inter-chunk product keeps the incoming
-    state (G D^2, accumulation dtype) and, once that state carries gradient (every chunk but the
-    first), the accumulation-dtype q; every chunk but the last writes a state that a later chunk
-    reads, so its k and v copies (accumulation dtype) stay too. The decay adds its row weights a (and
-    b, and lambda^c once the state carries gradient) where they scale a differentiable tensor.
-    Bidirectional attention is the quadratic product: one chunk of the whole length, no state, no
-    decay (the kernel ignores it there)."""
+    repeated to `heads`), its output excluded: its torch path, the one CPU runs and dryruns take (the
+    optional fla kernel on CUDA keeps its own). G = B*heads; causal runs cut the sequence into
+    n = ceil(L/c) chunks of c = min(chunk, L) tokens, the last zero-padded to c (Lp = n*c).
+
+    Causal, every chunk at once: the head-major copies of q, k, v [B, heads, Lp, D] (3 G Lp D, input
+    dtype; the batched products keep views of them), the masked intra-chunk scores (G n c^2) and the
+    constant mask (c^2, or heads*c^2 with a decay). With more than one chunk, the states' and the
+    inter-chunk products add, in the accumulation dtype: the zero-led prefix states (G n D^2); q and
+    k as those products read them (G Lp D each, unless they are the head-major copies themselves:
+    same dtype and no decay to apply) and v (G Lp D, in a low-precision run); with a decay, the row
+    weights a and b (heads*c each) and the doubling scan's factors lambda^(c s) (heads per step,
+    ceil(log2(n-1)) steps). Nothing else: the scan's sums and the chunk states are not saved.
+
+    Bidirectional attention is the quadratic product (naive_linear_attention): its own copies of q, k,
+    v, the scores (G L^2) and the all-ones weights (L^2); no state, no decay (the kernel ignores it
+    there)."""
     e, acc = dtype.itemsize, acc_bytes(dtype)
-    decay = decay and causal
-    sizes = [min(chunk, length - s) for s in range(0, length, chunk)] if causal else [length]
-    total = 0
-    for i, c in enumerate(sizes):
-        g = batch * heads
-        total += 3 * g * c * head_dim * e + g * c * c * e + (heads if decay else 1) * c * c * e
-        if not causal:
-            continue
-        total += g * head_dim * head_dim * acc + (c * heads * acc if decay else 0)
-        if i > 0:
-            total += g * c * head_dim * acc
-        if i < len(sizes) - 1:
-            total += 2 * g * c * head_dim * acc + (c * heads * acc if decay else 0)
-            if decay and i > 0:
-                total += heads * acc
+    g = batch * heads
+    if not causal:
+        return 3 * g * length * head_dim * e + g * length * length * e + length * length * e
+    c = min(chunk, length)
+    n = -(-length // c)
+    padded = n * c
+    total = 3 * g * padded * head_dim * e + g * n * c * c * e + (heads if decay else 1) * c * c * e
+    if n == 1:
+        return total
+    low = acc_dtype(dtype) != dtype
+    total += g * n * head_dim * head_dim * acc
+    total += (2 * (low or decay) + low) * g * padded * head_dim * acc  # q, k (as read), v (low only)
+    if decay:
+        total += 2 * heads * c * acc + (n - 2).bit_length() * heads * acc
     return total
 
 
