@@ -164,6 +164,7 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig, mode: 
         "theory_comm_bytes_fwd": sum(theory["fwd"].values()), "theory_comm_bytes_bwd": sum(theory["bwd"].values()),
         "comm_detail": comm, "theory_comm_detail": theory, "comm_calls": per_rank[0]["comm_calls"],
         "projected_comm_ms": 1e3 * comm_s, "attn_backend": per_rank[0]["attn_backend"],
+        "linear_backend": per_rank[0].get("linear_backend"),  # linear and hybrid models: fla_chunk | torch_chunked
     }
     if per_rank[0]["step_times_s"]:
         row.update(_timing(problem, per_rank, hardware, mode, comm_s))

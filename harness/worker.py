@@ -23,6 +23,7 @@ import methods
 from methods.common.attention import backend_name, use_backend
 from methods.common.config import Problem
 from methods.common.layers import build_reference
+from methods.common.linear_attention import linear_backend_name
 from methods.common.layout import shard, unshard
 
 from .comm import CommCounter
@@ -226,6 +227,7 @@ def _run_job(job: Job, device: torch.device) -> dict:
     use_backend(job.attn_backend)
     # GPU kernels' one-time self-checks run here, uncounted, at the job's head_dim
     attn_backend = backend_name(device, p.torch_dtype, p.model.head_dim)
+    linear = linear_backend_name(device, p.torch_dtype, p.model.head_dim) if p.model.kind in ("linear", "hybrid") else None
     real = job.mode == "real"  # only real collectives write their outputs: finite checks need them
     method = methods.for_problem(p)
     rank = dist.get_rank()
@@ -239,7 +241,7 @@ def _run_job(job: Job, device: torch.device) -> dict:
     y, counter, memory = _counted_step(model, x, dy, device, _inject(job.fault, 0))
     if real:
         _check_finite(y, x, model, 0)
-    result: dict = {"rank": rank, "attn_backend": attn_backend, "comm": counter.cost().as_dict(), "comm_calls": counter.calls(),
+    result: dict = {"rank": rank, "attn_backend": attn_backend, "linear_backend": linear, "comm": counter.cost().as_dict(), "comm_calls": counter.calls(),
                     "comm_records": counter.records, **memory}
     if job.verify:
         result.update(verify(job, method, model, reference, x, y, device))

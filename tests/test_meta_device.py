@@ -204,6 +204,7 @@ def test_meta_device_job(cid, meta_results):
     assert "error" not in result, result.get("error")
     assert result["attn_backend"] == (kernel if kernel != "auto" else result["attn_backend"])
     assert result["step_times_s"] == []  # meta steps run but are not timed
+    assert result["linear_backend"] == ("torch_chunked" if p.model.kind in ("linear", "hybrid") else None)
     _assert_counted_equals_model(p, result)
     if kernel == "math":
         return  # memory models describe the fast kernels; the math path is the float64 reference

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-from functools import partial
 from typing import Callable
 
 import torch
@@ -171,9 +170,15 @@ class LinearAttentionLayer(Attention):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        decay = head_decays(cfg.heads) if cfg.extra.get("decay") else None
-        self.reference_attention = partial(naive_linear_attention, decay=decay)
-        self.local_attention = LinearKernel(decay)
+        # a buffer, so that it moves with the model to the device of the data, once; float64 kept
+        self.register_buffer("decay", head_decays(cfg.heads) if cfg.extra.get("decay") else None, persistent=False)
+
+    def reference_attention(self, q, k, v, causal: bool) -> torch.Tensor:
+        return naive_linear_attention(q, k, v, causal, self.decay)
+
+    @property
+    def local_attention(self) -> LinearKernel:
+        return LinearKernel(self.decay)
 
 
 def linear_block(cfg: ModelConfig) -> LlamaBlock:
@@ -212,11 +217,13 @@ def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.
 
 
 def to_(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
-    """`module.to(device, dtype)` by rebinding each parameter and buffer (floating ones take `dtype`),
-    in place. Module.to() swaps tensors in place, which fake tensors (mode=dryrun) refuse."""
+    """`module.to(device, dtype)` by rebinding each parameter and buffer (floating parameters take
+    `dtype`; buffers keep theirs: a float64 decay stays exact), in place. Module.to() swaps tensors in
+    place, which fake tensors (mode=dryrun) refuse."""
     for mod in module.modules():
         for name, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
-            new = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None)
+            cast = dtype if isinstance(t, nn.Parameter) and t.is_floating_point() else None
+            new = t.detach().to(device=device, dtype=cast)
             setattr(mod, name, nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new)
     return module
 

@@ -15,6 +15,7 @@ import torch
 
 from .attention import acc_dtype
 from .config import Problem
+from .layers import is_softmax_layer
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class MemCost:
 # needs it, e.g. x * cos with a constant cos keeps cos, not x).
 
 INDEX_BYTES = 8  # int64 token positions
+DECAY_BYTES = 8  # float64 per-head decays
 
 
 def acc_bytes(dtype: torch.dtype) -> int:
@@ -102,16 +104,25 @@ def llama_layer_act(p: Problem, tokens: int, positions: int, attention: int, mlp
     return 2 * rms_norm_act(tokens, m.hidden, p.torch_dtype) + rope_act(positions, m.head_dim, e) + mlp + attention
 
 
+def decay_buffers(p: Problem, heads: int) -> int:
+    """Bytes of the float64 per-head decay buffers of `heads` heads in every linear layer of a model
+    with `decay` (layers.py's LinearAttentionLayer; FSDP2 shards parameters, not buffers)."""
+    m = p.model
+    if m.kind not in ("linear", "hybrid") or not m.extra.get("decay"):
+        return 0
+    return sum(not is_softmax_layer(m, i) for i in range(m.layers)) * heads * DECAY_BYTES
+
+
 def replicated_param(p: Problem, block_shapes: list[tuple[int, ...]], positions_storage: int = 0) -> int:
     """Every block's parameters on every rank (or, with `method.zero3`, this rank's FSDP2 shards,
-    padded on dim 0), plus the storage of the positions buffer (`positions_storage` int64 elements:
-    a layout's index tensor may be a view of the whole arange)."""
+    padded on dim 0), the storage of the positions buffer (`positions_storage` int64 elements) and
+    the decay buffers."""
     n, layers = p.world_size, p.model.layers
     if p.opt("zero3", False):
         per_layer = sum(-(-s[0] // n) * math.prod(s[1:]) for s in block_shapes)
     else:
         per_layer = sum(math.prod(s) for s in block_shapes)
-    return layers * per_layer * p.elem_bytes + positions_storage * INDEX_BYTES
+    return layers * per_layer * p.elem_bytes + positions_storage * INDEX_BYTES + decay_buffers(p, p.model.heads)
 
 
 def replicated_memory(p: Problem, block_shapes: list[tuple[int, ...]], tokens: int, positions_storage: int,
@@ -122,7 +133,7 @@ def replicated_memory(p: Problem, block_shapes: list[tuple[int, ...]], tokens: i
     d, e = p.model.hidden, p.elem_bytes
     stream = tokens * d * e
     param = replicated_param(p, block_shapes, positions_storage)
-    weights = param - positions_storage * INDEX_BYTES
+    weights = param - positions_storage * INDEX_BYTES - decay_buffers(p, p.model.heads)
     return MemCost(param=param, input=2 * stream,
                    act=sum(layer_act) + residual_act(tokens, d, len(layer_act), p.torch_dtype),
                    grad=weights + stream)

@@ -23,7 +23,8 @@ from methods.common.collectives import all_gather_dim, reduce_scatter_dim, reduc
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import apply_rope, copy_to, is_softmax_layer, rope_cos_sin
-from methods.common.memory import MemCost, linear_kernel_act, llama_layer_act, residual_act, softmax_core_act, swiglu_act
+from methods.common.linear_attention import LinearKernel
+from methods.common.memory import MemCost, decay_buffers, linear_kernel_act, llama_layer_act, residual_act, softmax_core_act, swiglu_act
 
 
 class _ColumnLinearSP(torch.autograd.Function):
@@ -70,6 +71,9 @@ class TensorParallelAttention(nn.Module):
         self.local_attention = ref_attn.local_attention  # the layer's single-device kernel
         if hasattr(self.local_attention, "for_heads"):  # per-head kernel state: this rank's heads only
             self.local_attention = self.local_attention.for_heads(r * self.heads, self.heads)
+            if self.local_attention.decay is not None:  # kept as this module's buffer, on its device
+                self.register_buffer("decay", self.local_attention.decay.to(device).clone(), persistent=False)
+                self.local_attention = LinearKernel(self.decay, self.local_attention.chunk)
         wqkv = torch.cat([rows(ref_attn.wq.weight, r, n), rows(ref_attn.wk.weight, r, n), rows(ref_attn.wv.weight, r, n)])
         self.wqkv = _param(wqkv, dtype, device)
         self.wo = _param(cols(ref_attn.wo.weight, r, n), dtype, device)
@@ -256,7 +260,7 @@ def tp_memory(p: Problem, mlp_params: int, mlp_act: int) -> MemCost:
     tokens = w.batch_size * w.seq_len // n
     stream = tokens * m.hidden * e
     act = sum(tp_layer_act(p, mlp_act, i) for i in range(m.layers)) + residual_act(tokens, m.hidden, m.layers, p.torch_dtype)
-    return MemCost(param=weights, input=2 * stream, act=act, grad=weights + stream)
+    return MemCost(param=weights + decay_buffers(p, m.heads // n), input=2 * stream, act=act, grad=weights + stream)
 
 
 def memory_cost(p: Problem) -> MemCost:
