@@ -291,7 +291,8 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
     # a collective waiting on a dead or hung peer gives up before the watchdog ends the job
     job = Job(problem, backend, seed=cfg.seed, warmup=cfg.bench.warmup, iters=cfg.bench.iters,
               verify=cfg.verify, pg_timeout_s=0.75 * cfg.bench.timeout_s, fault=fault, mode=mode,
-              play_rank=play_rank, attn_backend=attn_backend, device=device, profile_dir=str(job_dir / "ranks") if cfg.bench.get("profile") else None)
+              play_rank=play_rank, attn_backend=attn_backend, device=device,
+              profile_dir=str(job_dir / "ranks") if cfg.bench.get("profile") else None)
     if plan.idle:  # emulate/dryrun on a multi-node step: node 0 plays the rank, this node has no row
         return row
     try:

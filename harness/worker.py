@@ -241,7 +241,8 @@ def _run_job(job: Job, device: torch.device) -> dict:
     y, counter, memory = _counted_step(model, x, dy, device, _inject(job.fault, 0))
     if real:
         _check_finite(y, x, model, 0)
-    result: dict = {"rank": rank, "attn_backend": attn_backend, "linear_backend": linear, "comm": counter.cost().as_dict(), "comm_calls": counter.calls(),
+    result: dict = {"rank": rank, "attn_backend": attn_backend, "linear_backend": linear,
+                    "comm": counter.cost().as_dict(), "comm_calls": counter.calls(),
                     "comm_records": counter.records, **memory}
     if job.verify:
         result.update(verify(job, method, model, reference, x, y, device))

@@ -385,6 +385,7 @@ def _fa_stand_ins(style: str):
                 deterministic: bool, rng_state: OptTensor = None) -> Tensor:
             fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, causal))
             return q.new_empty(0)
+        _register_fakes(fwd, bwd)
         return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
 
     @torch.library.custom_op(f"{ns}::fwd", mutates_args=())
@@ -403,7 +404,21 @@ def _fa_stand_ins(style: str):
             deterministic: bool = False, sm_margin: int = 0) -> Tensor:
         fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, is_causal))
         return q.new_empty(0)
+    _register_fakes(fwd, bwd)
     return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
+
+
+def _register_fakes(fwd, bwd) -> None:
+    """Shapes-only implementations, as the releases register for their custom ops (what the meta
+    device and fake tensors run): out like q, the LSE [B, H, L] in float32."""
+    @fwd.register_fake
+    def _(q, k, v, *args, **kwargs):
+        return (torch.empty_like(q), q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32),
+                q.new_empty(0), q.new_empty(0))
+
+    @bwd.register_fake
+    def _(dout, q, *args, **kwargs):
+        return q.new_empty(0)
 
 
 @pytest.mark.parametrize("style", ["fa2_2.6", "fa2_2.8", "fa3_2025.01", "fa3_2025.08"])

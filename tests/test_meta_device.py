@@ -164,7 +164,7 @@ def _run(job: Job) -> dict:
             return entry_single([job])[0]
     except Exception as err:  # noqa: BLE001 - reported by the test that reads this case
         frames = [f for f in traceback.extract_tb(err.__traceback__) if "/methods/" in f.filename or "/harness/" in f.filename]
-        where = f" at {frames[-1].filename.rsplit('/', 2)[-2]}/{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+        where = f" at {'/'.join(frames[-1].filename.rsplit('/', 2)[-2:])}:{frames[-1].lineno}" if frames else ""
         return {"error": f"{type(err).__name__}: {err}{where}"}
 
 
@@ -223,6 +223,35 @@ def test_meta_device_job_on_every_rank(cid, rank_results):
     else:  # the model states the busiest rank; no rank moves more
         model = methods.for_problem(p).comm_cost(p).as_dict()
         assert all(b <= model[ph].get(k, 0) for ph, kinds in result["comm"].items() for k, b in kinds.items())
+
+
+# flash-attn cannot be installed here: its wrappers run on meta against stand-ins with the signatures
+# of real releases (tests/test_kernels.py), computing with the math path on meta tensors
+FLASH_ATTN = {f"{name}-causal{int(causal)}-{kernel}": (VARIANTS[name](causal=causal), kernel, style)
+              for name in ("ulysses", "ring-stripe", "allgather_cp-zigzag", "usp-u2r2-ulysses_inner")
+              for causal in (True, False)
+              for kernel, style in (("flash_attn", "fa2_2.8"), ("flash_attn3", "fa3_2025.08"))}
+
+
+@pytest.fixture(scope="module")
+def flash_attn_results() -> dict[str, dict]:
+    from methods.common import attention
+
+    from .test_kernels import _fa_stand_ins
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention, "_fa", _fa_stand_ins("fa2_2.8"))
+        patch.setattr(attention, "_fa3", _fa_stand_ins("fa3_2025.08"))
+        return {cid: _run(Job(p, mode="emulate", device="meta", attn_backend=kernel, warmup=0, iters=1))
+                for cid, (p, kernel, _) in FLASH_ATTN.items()}
+
+
+@pytest.mark.parametrize("cid", sorted(FLASH_ATTN))
+def test_flash_attn_wrappers_on_meta(cid, flash_attn_results):
+    p, kernel, _ = FLASH_ATTN[cid]
+    result = flash_attn_results[cid]
+    assert "error" not in result, result.get("error")
+    assert result["attn_backend"] == kernel
+    _assert_counted_equals_model(p, result)
 
 
 def test_meta_tier_covers_every_registered_variant():
