@@ -1,8 +1,12 @@
-"""Result rows: one `result.json` per job, written atomically; `load` gathers them into a DataFrame."""
+"""Result rows: one `result.json` per job, written atomically; `load` gathers them into a DataFrame.
+Also what keeps rows whole across resumes and concurrent writers: damaged rows set aside, a lock per
+job (and sweep) directory, and an index of a sweep's rows by configuration."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -10,23 +14,114 @@ from pathlib import Path
 import pandas as pd
 
 ROW_FILE = "result.json"
+LOCK_FILE = ".spbench.lock"
+PARKED_DIR = "by_config"  # <sweep dir>/by_config/<config_hash>/result.json: a row moved out of a job dir
+
+
+class RowWriteError(OSError):
+    """The row could not be written (disk full, read-only directory, ...); `path` is where it was going."""
+
+    def __init__(self, path: Path, cause: OSError):
+        self.message = f"cannot write the row to {path}: {cause.strerror or cause}"
+        super().__init__(cause.errno, self.message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_row(job_dir: str | Path, row: dict) -> Path:
-    """Write the row as job_dir/result.json via a temporary file and a rename (never half a row)."""
+    """Write the row as job_dir/result.json via a temporary file and a rename (never half a row),
+    readable as any file the user creates (0666 less the umask, not mkstemp's 0600). On failure the
+    temporary file is removed and a RowWriteError names the path."""
     job_dir = Path(job_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=job_dir, prefix=".result.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(row, f, indent=1, sort_keys=True, default=str)
-    path = job_dir / ROW_FILE
-    os.replace(tmp, path)
+    path, tmp = job_dir / ROW_FILE, None
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=job_dir, prefix=".result.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            json.dump(row, f, indent=1, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise RowWriteError(path, e) from e
     return path
 
 
 def read_row(path: str | Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """The row at `path`; OSError or ValueError (naming the path) when it is missing, unreadable,
+    truncated, empty or not a JSON object."""
+    try:
+        with open(path) as f:
+            row = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a whole row ({e})") from e
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}: not a row (a JSON {type(row).__name__}, not an object)")
+    return row
+
+
+def set_aside(path: str | Path) -> Path:
+    """Move a damaged row (file or directory) to `<path>.damaged`, or `.damaged.N` when that exists,
+    where `load` does not see it; returns the new path."""
+    path = Path(path)
+    target, n = path.with_name(path.name + ".damaged"), 0
+    while target.exists() or target.is_symlink():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged.{n}")
+    os.rename(path, target)
+    return target
+
+
+class Busy(Exception):
+    """Another live process holds the lock (the kernel drops a dead process's flock)."""
+
+
+def lock(path: str | Path):
+    """Take an exclusive, non-blocking flock on `path` (created if missing) and record who holds it;
+    returns the open file, which holds the lock until closed (or garbage-collected, or the process
+    dies). Raises Busy with the holder's note when another process holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise Busy(f"{path} is locked by {holder}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
+
+
+def row_index(directory: str | Path) -> dict[str, tuple[Path, str]]:
+    """config_hash -> (path, status) of the rows under `directory`, an ok row preferred when a
+    configuration has several. Unreadable rows are left out (their own job sets them aside)."""
+    index: dict[str, tuple[Path, str]] = {}
+    for path in sorted(Path(directory).rglob(ROW_FILE)):
+        try:
+            row = read_row(path)
+        except (OSError, ValueError):
+            continue
+        key, status = row.get("config_hash"), row.get("status")
+        if key and (key not in index or (status == "ok" and index[key][1] != "ok")):
+            index[key] = (path, status)
+    return index
 
 
 def load(directory: str | Path) -> pd.DataFrame:
@@ -37,7 +132,7 @@ def load(directory: str | Path) -> pd.DataFrame:
         try:
             row = read_row(path)
         except (OSError, ValueError) as e:
-            unreadable.append(f"{path}: {e}")
+            unreadable.append(str(e) if str(path) in str(e) else f"{path}: {e}")
             continue
         row["job_dir"] = str(path.parent)
         rows.append(row)

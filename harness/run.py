@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
+from collections import Counter
 import json
 import platform
 import statistics
@@ -19,6 +21,8 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import methods
@@ -31,7 +35,8 @@ from .groups import CONF_DIR, rewrite_unknown_choices
 from .launch import ChildFailedError, LaunchTimeout, launch
 from .problem import problem_from_cfg, resolve_backend
 from .projection import comm_seconds
-from .results import ROW_FILE, read_row, write_row
+from .results import (LOCK_FILE, PARKED_DIR, ROW_FILE, Busy, RowWriteError, lock, read_row, row_index,
+                      set_aside, write_row)
 from .worker import Fault, Job, entry, entry_single
 
 REPO = Path(__file__).resolve().parent.parent
@@ -308,36 +313,187 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
     reason = _suspect(row)
     return {**row, "suspect": reason is not None, "suspect_reason": reason}
 
+# --- resuming, locking and writing rows -------------------------------------------------------
+# A job directory's result.json always belongs to the configuration Hydra just described in its
+# .hydra/ (Hydra numbers job dirs by position, so a reordered or extended sweep gives a dir to another
+# configuration): a row of another configuration found there is moved to <sweep dir>/by_config/<its
+# config_hash>/ (never overwritten), and a configuration's own row found elsewhere in the sweep moves
+# into its job dir. Each row exists in exactly one place, so `load` sees it once.
+
+_NOTHING_TO_RUN = object()
+_INDEX: dict[Path, dict] = {}  # sweep dir -> row_index: scanned once per process, kept current by our moves
+_OUTCOMES: list[tuple[str, bool]] = []  # (status, skipped) per job of this process, for main()'s exit status
+_SWEEP: dict = {}  # the multirun of this process: its directory and its lock
+UNWRITTEN, BUSY = "unwritten", "busy"  # a point without a row (not row statuses)
+STATUS_ORDER = ("ok", "oom", "timeout", "invalid", "error", UNWRITTEN, BUSY)
+
+
+def _sweep_root(job_dir: Path) -> Path:
+    """Where the rows of this job's configuration may be: the sweep directory, or a single run's own."""
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir).resolve() if hc.mode == RunMode.MULTIRUN else job_dir.resolve()
+
+
+def _index(root: Path) -> dict:
+    if root not in _INDEX:
+        _INDEX[root] = row_index(root)
+    return _INDEX[root]
+
+
+def _move(src: Path, dst: Path, index: dict, from_other_job: bool = False) -> bool:
+    """Move a row file (False when it is gone, or sits in another job dir whose job is running)."""
+    held = None
+    if from_other_job and src.parent.parent.name != PARKED_DIR:  # only while no job runs there
+        try:
+            held = lock(src.parent / LOCK_FILE)
+        except Busy:
+            return False
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dst)
+    except FileNotFoundError:
+        return False
+    finally:
+        if held is not None:
+            held.close()
+    for k, (path, status) in list(index.items()):
+        if path == src:
+            index[k] = (dst, status)
+    return True
+
+
+def _park(root: Path, previous: Path, old: dict, index: dict) -> None:
+    """Move a row of another configuration out of this job's dir, into by_config/<its hash>/."""
+    key = old.get("config_hash") or f"unhashed-{old.get('run_id')}"
+    target, n = root / PARKED_DIR / key / ROW_FILE, 0
+    while target.exists():  # never over another row
+        n += 1
+        target = root / PARKED_DIR / f"{key}-{n}" / ROW_FILE
+    if _move(previous, target, index):
+        print(f"[moved] {previous} held a row of another configuration ({key}): kept as {target}")
+
+
+def _claim(cfg: DictConfig, job_dir: Path):
+    """Before a job runs: lock its directory (another live process running it: the point is left to
+    that process, no row here), set a damaged row aside, move a row of another configuration out of
+    the way, and skip the point when an ok row of its configuration is anywhere in the sweep
+    (`resume=false` reruns it). Returns the job dir's lock, held while the job runs, or _NOTHING_TO_RUN."""
+    primary = primary_node()  # other nodes of a multi-node job only decide whether to start their ranks
+    held = None
+    if primary:
+        try:
+            held = lock(job_dir / LOCK_FILE)
+        except Busy as e:
+            print(f"[busy] {job_dir}: {e}, which is running this point: no row from this process", file=sys.stderr)
+            _OUTCOMES.append((BUSY, False))
+            return _NOTHING_TO_RUN
+    key, root = config_hash(cfg), _sweep_root(job_dir)
+    index = _index(root)
+    previous = (job_dir / ROW_FILE).resolve()
+    if primary and (previous.exists() or previous.is_symlink()):
+        try:
+            old = read_row(previous)
+        except (OSError, ValueError) as e:
+            aside = set_aside(previous)
+            print(f"[damaged] {previous} cannot be read as a row ({e}); kept as {aside}, the point runs again")
+        else:
+            if old.get("config_hash") != key:
+                _park(root, previous, old, index)
+    found = index.get(key)
+    if found and found[0] != previous and primary and not previous.exists():
+        _move(found[0], previous, index, from_other_job=True)  # its own row, from a dir that another configuration now has
+        found = index.get(key)
+    if found and found[1] == "ok" and cfg.get("resume", True):
+        print(f"[skip] {cfg.get('method', {}).get('name')} seq_len={cfg.get('workload', {}).get('seq_len')}: "
+              f"ok row of this configuration ({key}) already in {found[0].parent} (resume=false reruns)")
+        _OUTCOMES.append(("ok", True))
+        return _NOTHING_TO_RUN
+    return held
+
+
+def _finish(job_dir: Path, row: dict, held) -> None:
+    """Write the row and print its line; a row that cannot be written ends the job with the reason
+    and the path, and goes to stderr as one JSON line (`spbench-row: {...}`), so nothing measured is lost."""
+    row["overrides"] = list(HydraConfig.get().overrides.task)  # the row says what it is, wherever it moves
+    try:
+        path = write_row(job_dir, row)
+    except RowWriteError as e:
+        print(f"[{UNWRITTEN}] {e}; the row follows on stderr", file=sys.stderr)
+        print("spbench-row: " + json.dumps(row, sort_keys=True, default=str), file=sys.stderr, flush=True)
+        _OUTCOMES.append((UNWRITTEN, False))
+    else:
+        _index(_sweep_root(job_dir))[row["config_hash"]] = (path.resolve(), row["status"])
+        _OUTCOMES.append((row["status"], False))
+        if row["error"]:
+            extra = f" error: {row['error']}"
+        elif row.get("step_time_ms") is None:  # dryrun: no time, only bytes
+            extra = f" peak {row['peak_mem_bytes'] / 2**30:.2f} GiB, comm {(row['comm_bytes_fwd'] + row['comm_bytes_bwd']) / 2**30:.2f} GiB"
+        else:
+            extra = f" step {row['step_time_ms']:.1f} ms"
+        size = f"frames={row['frames']} spatial={row['spatial']}" if row.get("frames") else f"seq_len={row['seq_len']}"
+        print(f"[{row['status']}] {row['mode']} {row['method']} {size} world_size={row['world_size']}{extra} -> {job_dir}")
+    if held is not None:
+        held.close()
+
+
+class SweepLock(Callback):
+    """One sweep at a time per sweep directory: a second multirun on a directory that a live one is
+    writing stops before its first point (exit status 1); the kernel drops a dead sweep's lock."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        try:
+            _SWEEP["lock"] = lock(sweep_dir / ".spbench-sweep.lock")
+        except Busy as e:
+            sys.exit(f"error: another sweep is writing {sweep_dir} ({e}); nothing was run: wait for it, "
+                     "or choose another hydra.sweep.dir")
+        _SWEEP["dir"] = sweep_dir
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if "lock" in _SWEEP:
+            _SWEEP.pop("lock").close()
+
+
+def _conclude() -> int:
+    """main()'s exit status; after a multirun, print the one-line summary."""
+    if "dir" in _SWEEP:
+        # points run by this process; submitit runs them elsewhere: then the rows in the sweep dir
+        outcomes = _OUTCOMES or [(status, False) for _, status in row_index(_SWEEP["dir"]).values()]
+        counts = Counter(status for status, _ in outcomes)
+        skipped = sum(skip for _, skip in outcomes)
+        order = sorted(counts, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else len(STATUS_ORDER), str(s)))
+        print(f"sweep: {', '.join(f'{counts[s]} {s}' for s in order) or 'no points'}"
+              f"{f' ({skipped} skipped)' if skipped else ''} -> {_SWEEP['dir']}", flush=True)
+        return 1 if counts[UNWRITTEN] or counts[BUSY] else 0
+    if not _OUTCOMES:  # --help, --cfg: no job ran
+        return 0
+    status = _OUTCOMES[-1][0]
+    return 0 if status == "ok" else 2 if status == "invalid" else 1
+
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     job_dir = Path(HydraConfig.get().runtime.output_dir)
-    previous = job_dir / ROW_FILE
-    if cfg.get("resume", True) and previous.exists():
-        old = read_row(previous)
-        if old.get("status") == "ok" and old.get("config_hash") == config_hash(cfg):
-            print(f"[skip] {old['method']} seq_len={old['seq_len']}: ok row already in {job_dir} (resume=false reruns)")
-            return
+    claim = _claim(cfg, job_dir)
+    if claim is _NOTHING_TO_RUN:
+        return
     started = time.monotonic()
     row = execute(cfg, job_dir)
     row["job_seconds"] = time.monotonic() - started
     if not primary_node():  # a multi-node job's other nodes ran their ranks; node 0 (global rank 0) writes the row
         return
-    write_row(job_dir, row)
-    if row["error"]:
-        extra = f" error: {row['error']}"
-    elif row.get("step_time_ms") is None:  # dryrun: no time, only bytes
-        extra = f" peak {row['peak_mem_bytes'] / 2**30:.2f} GiB, comm {(row['comm_bytes_fwd'] + row['comm_bytes_bwd']) / 2**30:.2f} GiB"
-    else:
-        extra = f" step {row['step_time_ms']:.1f} ms"
-    size = f"frames={row['frames']} spatial={row['spatial']}" if row.get("frames") else f"seq_len={row['seq_len']}"
-    print(f"[{row['status']}] {row['mode']} {row['method']} {size} world_size={row['world_size']}{extra} -> {job_dir}")
+    _finish(job_dir, row, claim)
 
 
 def main() -> None:
+    """Exit status: a single run 0 when its row is ok (or already was), 2 when invalid, 1 otherwise;
+    a multirun 0 when every point has a row (whatever its status), 1 when some point has none (its
+    row could not be written, or another process holds its directory), after a one-line summary."""
     sys.argv = [sys.argv[0], *rewrite_unknown_choices(sys.argv[1:])]
     _hydra_main()
+    sys.exit(_conclude())
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run as harness.run, the module whose SweepLock Hydra instantiates (one state)
+    from harness.run import main as _main
+    _main()

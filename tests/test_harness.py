@@ -51,7 +51,7 @@ def test_multirun_writes_one_row_per_point(tmp_path):
 def test_bad_input_is_an_invalid_row_without_ranks(tmp_path, overrides, message):
     run_dir = tmp_path / "run"
     res = harness_run(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 2, res.stderr[-3000:]  # a single run that is not ok exits non-zero (2: invalid)
     row = json.loads((run_dir / "result.json").read_text())
     assert row["status"] == "invalid"
     assert message in row["error"]
