@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import methods
 from methods.common.attention import KERNELS, META_CAPABILITY, candidate_backends
 from methods.common.config import InvalidConfig, Problem
 
+from . import signals
 from .cluster import node_plan, primary_node
 from .flops import step_flops
 from .groups import CONF_DIR, rewrite_unknown_choices
@@ -309,6 +311,20 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
     return {**row, "suspect": reason is not None, "suspect_reason": reason}
 
 
+def interrupted(cfg: DictConfig, job_dir: Path, stop: signals.Interrupted, seconds: float) -> None:
+    """Write the row of a job that SIGINT or SIGTERM ended (its ranks are already gone), then stop the
+    whole sweep: the exit code says which signal (128 + its number)."""
+    row = {"run_id": str(uuid.uuid4()), "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+           "config_hash": config_hash(cfg), "git_sha": _git_sha(), "torch_version": torch.__version__,
+           "mode": cfg.get("mode"), "hardware": (cfg.get("hardware") or {}).get("name"), **config_fields(cfg),
+           "status": "interrupted", "error": stop.reason(), "job_seconds": seconds}
+    if primary_node():
+        write_row(job_dir, row)
+    print(f"[interrupted] {row['method']} seq_len={row['seq_len']} world_size={row['world_size']}: {row['error']}"
+          f" -> {job_dir}; the sweep stops", flush=True)
+    raise SystemExit(stop.exit_code)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     job_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -319,7 +335,11 @@ def _hydra_main(cfg: DictConfig) -> None:
             print(f"[skip] {old['method']} seq_len={old['seq_len']}: ok row already in {job_dir} (resume=false reruns)")
             return
     started = time.monotonic()
-    row = execute(cfg, job_dir)
+    signals.install()  # SIGINT / SIGTERM: this point gets an `interrupted` row, the sweep stops
+    try:
+        row = execute(cfg, job_dir)
+    except signals.Interrupted as stop:
+        interrupted(cfg, job_dir, stop, time.monotonic() - started)
     row["job_seconds"] = time.monotonic() - started
     if not primary_node():  # a multi-node job's other nodes ran their ranks; node 0 (global rank 0) writes the row
         return
@@ -336,7 +356,12 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     sys.argv = [sys.argv[0], *rewrite_unknown_choices(sys.argv[1:])]
-    _hydra_main()
+    signals.install()
+    try:
+        _hydra_main()
+    except signals.Interrupted as stop:  # arrived between jobs: no job to write a row for
+        print(f"interrupted by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
 
 
 if __name__ == "__main__":
