@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +23,10 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from . import signals
 from .cluster import NodePlan, node_plan
 
-PRELOAD = ["torch", "torch.distributed", "harness.worker", "methods"]
+PRELOAD = ["torch", "torch.distributed", "harness.worker", "harness.signals", "methods"]
 
 
 def _start_method() -> str:
@@ -40,26 +42,125 @@ class LaunchTimeout(RuntimeError):
     """The watchdog ended a launch that ran past its time limit."""
 
 
-def kill_ranks(run_id: str) -> int:
-    """Kill every process started for the launch `run_id` (found by the TORCHELASTIC_RUN_ID the
-    launcher puts in each rank's environment). Returns how many were killed."""
-    killed = 0
-    for proc in psutil.process_iter():
+GRACE_S = 3.0  # between SIGTERM and SIGKILL
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def end_processes(procs: list[psutil.Process], grace_s: float = GRACE_S) -> int:
+    """SIGTERM (and SIGCONT, so a stopped process gets it), then SIGKILL to those still there after
+    `grace_s`. Returns how many there were."""
+    for proc in procs:
         try:
-            if proc.environ().get("TORCHELASTIC_RUN_ID") == run_id and proc.pid != os.getpid():
-                proc.kill()
-                killed += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            proc.terminate()
+            proc.resume()
+        except psutil.Error:
             continue
-    return killed
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and not all(_gone(p) for p in procs):
+        time.sleep(0.05)
+    left = [p for p in procs if not _gone(p)]
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and not all(_gone(p) for p in left):
+        time.sleep(0.05)
+    return len(procs)
+
+
+def _helper_pids() -> set[int]:
+    """multiprocessing's forkserver and resource tracker of this process (started once, reused)."""
+    from multiprocessing import forkserver, resource_tracker
+    pids = {getattr(forkserver._forkserver, "_forkserver_pid", None), getattr(resource_tracker._resource_tracker, "_pid", None)}
+    return {pid for pid in pids if pid}
+
+
+class _Launch:
+    """The processes of one launch: ranks found by the PID each writes into the launch directory, and
+    every process this process has started since the launch began (the ranks, children of the
+    forkserver, before their PID file exists), with their descendants; never the forkserver or the
+    resource tracker, which later launches reuse."""
+
+    def __init__(self, launch_dir: str):
+        self.dir = Path(launch_dir)
+        self.since = time.time() - 0.05  # process start times are rounded to clock ticks
+
+    def processes(self) -> list[psutil.Process]:
+        found: dict[int, psutil.Process] = {}
+        for f in (self.dir / signals.PIDS).glob("[0-9]*"):
+            try:
+                proc = psutil.Process(int(f.name))
+                if abs(proc.create_time() - float(f.read_text())) < 0.01:
+                    found[proc.pid] = proc
+            except (psutil.Error, OSError, ValueError):
+                continue
+        helpers = _helper_pids()
+        try:
+            for proc in psutil.Process().children(recursive=True):
+                if proc.pid not in helpers and proc.create_time() >= self.since:
+                    found[proc.pid] = proc
+        except psutil.Error:
+            pass
+        for proc in list(found.values()):
+            try:
+                found.update((c.pid, c) for c in proc.children(recursive=True))
+            except psutil.Error:
+                continue
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def end(self, grace_s: float = GRACE_S) -> int:
+        return end_processes(self.processes(), grace_s)
+
+
+def stop_helpers(wait_s: float = 3.0) -> None:
+    """End multiprocessing's forkserver and resource tracker (after an interruption: the process is
+    about to exit, and a rank killed mid-way must not keep them alive)."""
+    from multiprocessing import forkserver, resource_tracker
+    procs = []
+    for pid in _helper_pids():
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    for helper in (forkserver._forkserver, resource_tracker._resource_tracker):
+        stopper = threading.Thread(target=getattr(helper, "_stop", lambda: None), daemon=True)
+        stopper.start()  # closes the helper's pipe (it exits on EOF) and reaps it
+        stopper.join(wait_s)
+    end_processes([p for p in procs if not _gone(p)], grace_s=0.5)  # the resource tracker ignores SIGTERM
+
+
+def _owner_alive(launch_dir: Path) -> bool:
+    try:
+        pid, start = (launch_dir / signals.OWNER).read_text().split()
+        return signals._alive(int(pid), float(start))
+    except (OSError, ValueError):
+        return True  # no owner (yet, or an older harness's): not ours to judge
+
+
+def _remove_dead_launch_dirs(root: str) -> None:
+    for path in Path(root).glob("spbench-launch-*"):
+        if path.is_dir() and not _owner_alive(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager
 def _private_tempdir():
     """Point this process's temporary files (torch's per-rank error files) at a directory that is
-    removed afterwards, so no launch leaves files behind, whatever happened."""
+    removed afterwards, so no launch leaves files behind, whatever happened; the directory names its
+    owner, so the next launch removes it if a SIGKILL prevented that."""
     multiprocessing.util.get_temp_dir()  # multiprocessing's own dir (forkserver socket) stays where it is
+    _remove_dead_launch_dirs(tempfile.gettempdir())
     path, previous = tempfile.mkdtemp(prefix="spbench-launch-"), tempfile.tempdir
+    (Path(path) / signals.OWNER).write_text(f"{os.getpid()} {psutil.Process().create_time()!r}")
     tempfile.tempdir = path
     try:
         yield path
@@ -73,15 +174,13 @@ def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str
     """Run `entry(*args)` on `world_size` ranks: all local, or this node's share of a multi-node SLURM
     step (`plan`, default `node_plan(world_size)`); returns {global rank: return value} of this node's ranks.
     Raises ChildFailedError (with every failed rank's error) if any rank fails, and LaunchTimeout if
-    the launch is still running after `timeout_s` (its ranks are killed first)."""
+    the launch is still running after `timeout_s` (its ranks are ended first). On SIGINT/SIGTERM
+    (`signals.Interrupted`, or KeyboardInterrupt) the ranks, the forkserver and the resource tracker
+    are ended and the exception goes on, carrying the step each rank had finished.
+
+    The elastic agent runs in a thread of its own, so that it installs no signal handlers and this
+    (main) thread keeps the clock and the signals."""
     plan = node_plan(world_size) if plan is None else plan
-    run_id = plan.run_id  # the same on every node of the job: the rendezvous and kill_ranks key on it
-    expired = threading.Event()
-
-    def watchdog() -> None:
-        expired.set()
-        kill_ranks(run_id)
-
     with _private_tempdir() as tmp:
         logs = DefaultLogsSpecs(log_dir=str(log_dir or tmp), tee=Std.ALL, local_ranks_filter={0})
         config = LaunchConfig(
@@ -89,20 +188,40 @@ def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str
             start_method=_start_method(), monitor_interval=0.1, logs_specs=logs,
         )
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # elastic sets it anyway; silence its warning
-        timer = threading.Timer(timeout_s, watchdog) if timeout_s else None
-        if timer:
-            timer.daemon = True
-            timer.start()
+        job = _Launch(tmp)
+        info = (tmp, os.getpid(), psutil.Process().create_time())
+        outcome: dict[str, Any] = {}
+
+        def agent() -> None:
+            try:
+                outcome["value"] = elastic_launch(config, signals.run_rank)(info, entry, *args)
+            except BaseException as e:  # noqa: BLE001 -- handed to the main thread
+                outcome["error"] = e
+
+        thread = threading.Thread(target=agent, daemon=True, name="spbench-elastic-agent")
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        forget = signals.on_second_signal(lambda: end_processes(job.processes(), grace_s=0))
         try:
-            return elastic_launch(config, entry)(*args)
-        except ChildFailedError:
-            if expired.is_set():
-                raise LaunchTimeout(f"ranks still running after {timeout_s:g} s (bench.timeout_s); killed") from None
+            thread.start()
+            while thread.is_alive() and (deadline is None or time.monotonic() < deadline):
+                thread.join(0.1)
+            if thread.is_alive():  # the watchdog
+                job.end()
+                thread.join(8)
+                raise LaunchTimeout(f"ranks still running after {timeout_s:g} s (bench.timeout_s); ended")
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["value"]
+        except (signals.Interrupted, KeyboardInterrupt) as stop:
+            job.end()
+            if isinstance(stop, signals.Interrupted):
+                stop.steps = signals.read_progress(tmp)
+            thread.join(5)
+            stop_helpers()
             raise
         finally:
-            if timer:
-                timer.cancel()
-            kill_ranks(run_id)  # nothing of this launch outlives it
+            forget()
+            job.end()  # nothing of this launch outlives it
 
 
-__all__ = ["launch", "ChildFailedError", "LaunchTimeout"]
+__all__ = ["launch", "ChildFailedError", "LaunchTimeout", "end_processes"]

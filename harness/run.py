@@ -10,6 +10,7 @@ import os
 from collections import Counter
 import json
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import methods
 from methods.common.attention import KERNELS, META_CAPABILITY, candidate_backends
 from methods.common.config import InvalidConfig, Problem
 
+from . import signals
 from .cluster import node_plan, primary_node
 from .flops import step_flops
 from .groups import CONF_DIR, rewrite_unknown_choices
@@ -471,6 +473,20 @@ def _conclude() -> int:
     return 0 if status == "ok" else 2 if status == "invalid" else 1
 
 
+def interrupted(cfg: DictConfig, job_dir: Path, stop: signals.Interrupted, seconds: float) -> None:
+    """Write the row of a job that SIGINT or SIGTERM ended (its ranks are already gone), then stop the
+    whole sweep: the exit code says which signal (128 + its number)."""
+    row = {"run_id": str(uuid.uuid4()), "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+           "config_hash": config_hash(cfg), "git_sha": _git_sha(), "torch_version": torch.__version__,
+           "mode": cfg.get("mode"), "hardware": (cfg.get("hardware") or {}).get("name"), **config_fields(cfg),
+           "status": "interrupted", "error": stop.reason(), "job_seconds": seconds}
+    if primary_node():
+        write_row(job_dir, row)
+    print(f"[interrupted] {row['method']} seq_len={row['seq_len']} world_size={row['world_size']}: {row['error']}"
+          f" -> {job_dir}; the sweep stops", flush=True)
+    raise SystemExit(stop.exit_code)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     job_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -478,7 +494,11 @@ def _hydra_main(cfg: DictConfig) -> None:
     if claim is _NOTHING_TO_RUN:
         return
     started = time.monotonic()
-    row = execute(cfg, job_dir)
+    signals.install()  # SIGINT / SIGTERM: this point gets an `interrupted` row, the sweep stops
+    try:
+        row = execute(cfg, job_dir)
+    except signals.Interrupted as stop:
+        interrupted(cfg, job_dir, stop, time.monotonic() - started)
     row["job_seconds"] = time.monotonic() - started
     if not primary_node():  # a multi-node job's other nodes ran their ranks; node 0 (global rank 0) writes the row
         return
@@ -490,7 +510,12 @@ def main() -> None:
     a multirun 0 when every point has a row (whatever its status), 1 when some point has none (its
     row could not be written, or another process holds its directory), after a one-line summary."""
     sys.argv = [sys.argv[0], *rewrite_unknown_choices(sys.argv[1:])]
-    _hydra_main()
+    signals.install()
+    try:
+        _hydra_main()
+    except signals.Interrupted as stop:  # arrived between jobs: no job to write a row for
+        print(f"interrupted by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
     sys.exit(_conclude())
 
 

@@ -26,6 +26,7 @@ from methods.common.layers import build_reference
 from methods.common.linear_attention import linear_backend_name
 from methods.common.layout import shard, unshard
 
+from . import signals
 from .comm import CommCounter
 from .memory import PeakMemory
 from .profiling import profiled_step
@@ -241,6 +242,7 @@ def _run_job(job: Job, device: torch.device) -> dict:
     y, counter, memory = _counted_step(model, x, dy, device, _inject(job.fault, 0))
     if real:
         _check_finite(y, x, model, 0)
+    signals.progress(0)  # the step reached, for an interrupted job's row
     result: dict = {"rank": rank, "attn_backend": attn_backend, "linear_backend": linear,
                     "comm": counter.cost().as_dict(), "comm_calls": counter.calls(),
                     "comm_records": counter.records, **memory}
@@ -261,6 +263,7 @@ def _run_job(job: Job, device: torch.device) -> dict:
         times.append(seconds)
         if real:
             _check_finite(y, x, model, step)
+        signals.progress(step)
     result["step_times_s"] = times[job.warmup:] if timed else []
     if job.profile_dir and job.mode != "dryrun" and timed:
         _zero_grads(model, x)
