@@ -19,7 +19,7 @@ from typing import Any, Callable
 import psutil
 
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from .cluster import NodePlan, node_plan
@@ -68,6 +68,32 @@ def _private_tempdir():
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _every_rank_failure(err: ChildFailedError, logs: DefaultLogsSpecs) -> None:
+    """Add this node's other ranks to `err.failures`. The agent reports only the rank it noticed
+    first (often a peer's "connection closed" echo) and then stops the others; every rank that raised
+    left an error file in the launch's log dir (`<run log dir>/attempt_N/<local rank>/error.json`).
+    Read them now, before a temporary log dir is removed. A rank without one was stopped by the agent
+    (exit code -15, `stopped_by_launcher`). Each failure gets `written_ns`, the error file's mtime
+    (None without one), so that the failures can be ordered in time."""
+    run_dir = getattr(logs, "_run_log_dir", None)
+    if not run_dir or not err.failures:
+        return
+    rank, first = next(iter(err.failures.items()))
+    offset = rank - first.local_rank  # this node's first global rank
+    for rank_dir in sorted(Path(run_dir).glob("attempt_*/*")):
+        if not rank_dir.name.isdigit() or offset + int(rank_dir.name) in err.failures:
+            continue
+        error_file = rank_dir / "error.json"
+        failure = ProcessFailure(local_rank=int(rank_dir.name), pid=0, exitcode=1 if error_file.is_file() else -15,
+                                 error_file=str(error_file))
+        failure.stopped_by_launcher = not error_file.is_file()
+        err.failures[offset + int(rank_dir.name)] = failure
+    for failure in err.failures.values():
+        path = Path(failure.error_file)
+        failure.written_ns = path.stat().st_mtime_ns if path.is_file() else None
+    err.failures = dict(sorted(err.failures.items()))
+
+
 def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str | Path | None = None,
            timeout_s: float | None = None, plan: NodePlan | None = None) -> dict[int, Any]:
     """Run `entry(*args)` on `world_size` ranks: all local, or this node's share of a multi-node SLURM
@@ -95,9 +121,10 @@ def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str
             timer.start()
         try:
             return elastic_launch(config, entry)(*args)
-        except ChildFailedError:
+        except ChildFailedError as err:
             if expired.is_set():
                 raise LaunchTimeout(f"ranks still running after {timeout_s:g} s (bench.timeout_s); killed") from None
+            _every_rank_failure(err, logs)
             raise
         finally:
             if timer:
