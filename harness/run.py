@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import linecache
 import os
 import platform
 import re
@@ -241,6 +242,24 @@ def _written(failure) -> float:
     return written / 1e9 if written is not None else float(failure.timestamp)
 
 
+def _waiting_in_comm(stack: str) -> bool | None:
+    """From the stack a rank wrote when the launcher stopped it (harness/launch.py `_StackOnStop`): True
+    when its main thread was blocked in communication (its innermost frame in torch.distributed, or on a
+    `.wait()` of a request), False when it was elsewhere, None without a stack."""
+    lines = stack.splitlines()
+    if not lines or not lines[0].startswith("main thread "):
+        return None
+    ident, in_main = lines[0].split()[-1], False
+    for line in lines[1:]:
+        if line.startswith(("Thread ", "Current thread ")):
+            in_main = ident in line
+            continue
+        frame = re.match(r'\s*File "(.+)", line (\d+) in ', line) if in_main else None
+        if frame:
+            return "torch/distributed" in frame[1] or ".wait(" in linecache.getline(frame[1], int(frame[2]))
+    return None
+
+
 def _non_finite_order(text: str) -> tuple[int, int]:
     """(step, 0 for an output / 1 for a gradient) of a NonFiniteError's message."""
     found = re.search(r"non-finite (.+?) on rank \d+ at step (\d+)", text)
@@ -280,9 +299,13 @@ def classify_failure(err: ChildFailedError, oom_kills: int | None = 0,
                         if not getattr(f, "stopped_by_launcher", False))
     if any("timed out" in t.lower() or "timeout" in t.lower() for t in texts.values()):
         stopped = [r for r, f in failures if getattr(f, "stopped_by_launcher", False)]
+        hung = [r for r, f in failures if r in stopped and _waiting_in_comm(getattr(f, "stack_at_stop", "")) is False]
         if stopped:
-            who = f"rank{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))}"
-            return "timeout", f"{who} stopped responding: its peers timed out waiting for it ({echoes})"
+            who = hung or stopped
+            waiting = f"; rank(s) {', '.join(map(str, sorted(set(stopped) - set(who))))} were waiting in communication" \
+                if len(who) < len(stopped) else ""
+            return "timeout", (f"rank{'s' if len(who) > 1 else ''} {', '.join(map(str, who))} stopped responding: "
+                               f"its peers timed out waiting for it ({echoes}{waiting})")
         return "timeout", "a collective timed out waiting for a peer: " + echoes
     rank, _ = failures[0]
     return "error", f"rank {rank} failed: " + texts[rank][:2000]
