@@ -3,11 +3,14 @@ is reported with its own status, the rank it was injected on and that rank's own
 peer's echo: one 16-point multirun on 3 ranks.
 
 Before (main at 1d9d6a2) the classifier read only the ranks the elastic agent had seen exit when it
-noticed the failure, usually a peer's "connection closed": `fault.kind=crash fault.rank=2
-fault.step=2 world_size=3` gave status error, "rank 0 failed: RuntimeError: [...pair.cc:553]
-Connection closed by peer" (rank 0, not 2), and an injected oom on rank 2 gave status error blamed on
-rank 0. Now the launch reads every rank's error file before its log dir can go, and the classifier
-orders them in time and prefers a root cause over connection losses and timeouts."""
+noticed the failure, usually a peer's "connection closed" (recorded, 3 ranks, method=ring):
+crash rank 2 step 2 -> error "rank 0 failed: RuntimeError: [...pair.cc:553] Connection closed by peer";
+oom rank 2 step 2 -> error, the same message on rank 0; nan rank 2 step 0 -> error "non-finite input
+gradient on rank 0 at step 0"; hang rank 2 step 0 -> timeout "a collective timed out waiting for a
+peer: rank 0: ... Timed out waiting ..." (no hung rank named). Now the launch reads every rank's error
+file (and the stack each stopped rank wrote) before its log dir can go, and the classifier orders them
+in time and prefers a root cause over connection losses and timeouts.
+"""
 from __future__ import annotations
 
 import json

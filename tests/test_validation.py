@@ -2,12 +2,16 @@
 per-rank memory model exceeds a rank's memory is refused (item 8), and a rank killed by the kernel's
 OOM killer is classified `oom` (item 8, on synthetic failure records).
 
-Before (main at 1d9d6a2): `world_size=abc`, `workload.seq_len=abc`, `model.heads=abc`,
-`workload.batch_size=abc`, `fault.rank=abc` and `bench.timeout_s=abc` ended in raw tracebacks
-(TypeError / ValueError) with no row; `world_size=true`, `workload.seq_len=0` / `-8`, `bench.iters=0` /
-`-1`, `bench.warmup=-1`, `bench.timeout_s=0` / `-5`, `model.heads=0` and `fault.rank=2` (world of 2) were
-accepted and launched; a 32 GiB-per-rank llama3_8b real job on a 23 GiB CPU machine was launched; a
-rank dead by SIGKILL was `error` ("rank 1 failed: Signal 9 (SIGKILL)...")."""
+Before (main at 1d9d6a2, recorded): `world_size=abc` (TypeError: '>=' not supported ...),
+`workload.seq_len=abc` / `model.heads=abc` (TypeError: not all arguments converted during string
+formatting), `workload.batch_size=abc` (TypeError: '<' not supported ...), `fault.rank=abc` (ValueError:
+invalid literal for int()) and `bench.timeout_s=abc` (TypeError: can't multiply sequence by non-int)
+ended in raw tracebacks, exit code 1, no row; `world_size=true`, `workload.seq_len=0` / `-8`,
+`bench.iters=0` / `-1`, `bench.warmup=-1`, `bench.timeout_s=0` / `-5`, `model.heads=0` and `fault.rank=2`
+(world of 2) passed every check and were launched; nothing compared the memory model with the machine
+(a ~32 GiB-per-rank llama3_8b real job on this 23 GiB CPU machine was launched); and a rank dead by
+SIGKILL was never `oom` ("signal 9" counted as a peer's echo).
+"""
 from __future__ import annotations
 
 import json
