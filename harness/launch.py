@@ -6,10 +6,12 @@ Ranks are forked from a forkserver that has already imported torch and the harne
 about a second instead of one torch import per rank."""
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import multiprocessing.util
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -20,7 +22,7 @@ from typing import Any, Callable
 import psutil
 
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from . import signals
@@ -169,6 +171,57 @@ def _private_tempdir():
         shutil.rmtree(path, ignore_errors=True)
 
 
+STACK_FILE = "stack_at_sigterm.txt"  # next to a rank's error.json
+
+
+class _StackOnStop:
+    """A rank's entry that, when the agent stops the rank (SIGTERM, after a peer failed), first writes
+    its Python stack next to its error file (faulthandler, chained: the rank then dies of the signal as
+    before): a rank stopped inside a collective was waiting, one stopped elsewhere had stopped responding."""
+
+    def __init__(self, entry: Callable[..., Any]):
+        self.entry = entry
+        self.__name__ = self.__qualname__ = getattr(entry, "__qualname__", "entry")  # the agent logs it
+
+    def __call__(self, *args: Any) -> Any:
+        error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+        if error_file:
+            self.stack = open(Path(error_file).with_name(STACK_FILE), "w")  # kept open for the handler
+            self.stack.write(f"main thread 0x{threading.get_ident():016x}\n")
+            self.stack.flush()
+            faulthandler.register(signal.SIGTERM, file=self.stack, all_threads=True, chain=True)
+        return self.entry(*args)
+
+
+def _every_rank_failure(err: ChildFailedError, logs: DefaultLogsSpecs) -> None:
+    """Add this node's other ranks to `err.failures`. The agent reports only the rank it noticed
+    first (often a peer's "connection closed" echo) and then stops the others; every rank that raised
+    left an error file in the launch's log dir (`<run log dir>/attempt_N/<local rank>/error.json`).
+    Read them now, before a temporary log dir is removed. A rank without one was stopped by the agent
+    (exit code -15, `stopped_by_launcher`). Each failure gets `written_ns`, the error file's mtime
+    (None without one), so that the failures can be ordered in time, and `stack_at_stop`, the stack
+    the rank wrote when the agent stopped it ("" if it was not stopped)."""
+    run_dir = getattr(logs, "_run_log_dir", None)
+    if not run_dir or not err.failures:
+        return
+    rank, first = next(iter(err.failures.items()))
+    offset = rank - first.local_rank  # this node's first global rank
+    rank_dirs = {int(d.name): d for d in sorted(Path(run_dir).glob("attempt_*/*")) if d.name.isdigit()}
+    for local, rank_dir in rank_dirs.items():
+        if offset + local not in err.failures:
+            error_file = rank_dir / "error.json"
+            failure = ProcessFailure(local_rank=local, pid=0, exitcode=1 if error_file.is_file() else -15,
+                                     error_file=str(error_file))
+            failure.stopped_by_launcher = not error_file.is_file()
+            err.failures[offset + local] = failure
+    for failure in err.failures.values():  # (without its file, a failure's error_file reads "<N/A>")
+        rank_dir = rank_dirs.get(failure.local_rank, Path(os.devnull))
+        error_file, stack = rank_dir / "error.json", rank_dir / STACK_FILE
+        failure.written_ns = error_file.stat().st_mtime_ns if error_file.is_file() else None
+        failure.stack_at_stop = stack.read_text(errors="replace") if stack.is_file() else ""
+    err.failures = dict(sorted(err.failures.items()))
+
+
 def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str | Path | None = None,
            timeout_s: float | None = None, plan: NodePlan | None = None) -> dict[int, Any]:
     """Run `entry(*args)` on `world_size` ranks: all local, or this node's share of a multi-node SLURM
@@ -194,7 +247,7 @@ def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str
 
         def agent() -> None:
             try:
-                outcome["value"] = elastic_launch(config, signals.run_rank)(info, entry, *args)
+                outcome["value"] = elastic_launch(config, signals.run_rank)(info, _StackOnStop(entry), *args)
             except BaseException as e:  # noqa: BLE001 -- handed to the main thread
                 outcome["error"] = e
 
@@ -210,6 +263,8 @@ def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str
                 thread.join(8)
                 raise LaunchTimeout(f"ranks still running after {timeout_s:g} s (bench.timeout_s); ended")
             if "error" in outcome:
+                if isinstance(outcome["error"], ChildFailedError):
+                    _every_rank_failure(outcome["error"], logs)  # before the launch's temp dir goes
                 raise outcome["error"]
             return outcome["value"]
         except (signals.Interrupted, KeyboardInterrupt) as stop:

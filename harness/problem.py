@@ -31,7 +31,7 @@ def _unknown_choice(cfg: DictConfig) -> None:
 def problem_from_cfg(cfg: DictConfig) -> Problem:
     _unknown_choice(cfg)
     world_size = cfg.world_size
-    if not isinstance(world_size, int) or world_size < 1:
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise InvalidConfig(f"world_size must be a positive integer, got {world_size!r}")
     if cfg.dtype not in DTYPES:
         raise InvalidConfig(f"dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")

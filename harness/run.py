@@ -9,7 +9,10 @@ import hashlib
 import os
 from collections import Counter
 import json
+import linecache
+import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -39,6 +42,7 @@ from .problem import problem_from_cfg, resolve_backend
 from .projection import comm_seconds
 from .results import (LOCK_FILE, PARKED_DIR, ROW_FILE, Busy, RowWriteError, lock, read_row, row_index,
                       set_aside, write_row)
+from .schema import validate
 from .worker import Fault, Job, entry, entry_single
 
 REPO = Path(__file__).resolve().parent.parent
@@ -197,26 +201,121 @@ def _failure_text(failure) -> str:
     return str(message).strip() or f"exit code {failure.exitcode}"
 
 
-def classify_failure(err: ChildFailedError) -> tuple[str, str]:
-    """(status, reason) from every failed rank's error, not just the first follow-on error: any
-    out-of-memory wins; then a rank whose error is its own (not a peer's connection loss or a
-    collective timeout) is the cause; only follow-on errors everywhere means a hang."""
-    failures = {rank: _failure_text(f) for rank, f in sorted(err.failures.items())}
-    for rank, text in failures.items():
-        if "OutOfMemoryError" in text or "out of memory" in text.lower():
-            return "oom", f"rank {rank}: out of memory"
-    for rank, text in failures.items():
-        if "non-finite" in text:
-            return "error", next(line for line in text.splitlines() if "non-finite" in line).strip()
-    for rank, text in failures.items():
-        head = text.splitlines()[0]
-        if not any(marker in head.lower() for marker in FOLLOW_ON):
-            return "error", f"rank {rank} failed: " + "\n".join(text.splitlines()[:12])[:2000]
-    if any("timed out" in t.lower() or "timeout" in t.lower() for t in failures.values()):
-        return "timeout", "a collective timed out waiting for a peer: " + " | ".join(
-            f"rank {r}: {t.splitlines()[0][:200]}" for r, t in failures.items())
-    rank, text = next(iter(failures.items()))
-    return "error", f"rank {rank} failed: " + text[:2000]
+def _oom_kill_count() -> int | None:
+    """How many processes the kernel's OOM killer has killed so far, as this machine counts them: the
+    cgroup's counter (v2 memory.events, v1 memory.oom_control) plus /proc/vmstat's; None where neither
+    is readable. Only its rise during a launch matters (the kernel log is not readable here)."""
+    total, found = 0, False
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control", "/proc/vmstat"):
+        try:
+            for line in Path(path).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    total, found = total + int(value), True
+        except (OSError, ValueError):
+            continue
+    return total if found else None
+
+
+def _available_memory_frac() -> float:
+    import psutil
+    vm = psutil.virtual_memory()
+    return vm.available / vm.total
+
+
+LOW_MEMORY_FRAC = 0.03  # available memory below this when a rank died by SIGKILL: the OOM killer
+
+
+def _failure_kind(failure, text: str, oom_killer: bool) -> str:
+    """oom | non_finite | own (the rank's own exception: the cause) | follow_on (a peer's echo, or a
+    rank the launcher stopped)."""
+    if "OutOfMemoryError" in text or "out of memory" in text.lower():
+        return "oom"
+    if getattr(failure, "stopped_by_launcher", False):
+        return "follow_on"
+    if failure.exitcode < 0 and not os.path.isfile(failure.error_file):  # died by a signal it did not raise
+        return "oom_killed" if failure.exitcode == -9 and oom_killer else "own"
+    if "non-finite" in text:
+        return "non_finite"
+    if any(m in text.splitlines()[0].lower() for m in FOLLOW_ON):
+        return "follow_on"
+    return "own"
+
+
+def _written(failure) -> float:
+    """When the rank failed: its error file's mtime (the launch records it), else the failure's
+    timestamp (a rank without an error file: when its exit was seen, so after the ones that wrote)."""
+    written = getattr(failure, "written_ns", None)
+    return written / 1e9 if written is not None else float(failure.timestamp)
+
+
+def _waiting_in_comm(stack: str) -> bool | None:
+    """From the stack a rank wrote when the launcher stopped it (harness/launch.py `_StackOnStop`): True
+    when its main thread was blocked in communication (its innermost frame in torch.distributed, or on a
+    `.wait()` of a request), False when it was elsewhere, None without a stack."""
+    lines = stack.splitlines()
+    if not lines or not lines[0].startswith("main thread "):
+        return None
+    ident, in_main = lines[0].split()[-1], False
+    for line in lines[1:]:
+        if line.startswith(("Thread ", "Current thread ")):
+            in_main = ident in line
+            continue
+        frame = re.match(r'\s*File "(.+)", line (\d+) in ', line) if in_main else None
+        if frame:
+            return "torch/distributed" in frame[1] or ".wait(" in linecache.getline(frame[1], int(frame[2]))
+    return None
+
+
+def _non_finite_order(text: str) -> tuple[int, int]:
+    """(step, 0 for an output / 1 for a gradient) of a NonFiniteError's message."""
+    found = re.search(r"non-finite (.+?) on rank \d+ at step (\d+)", text)
+    return (int(found[2]), 0 if found[1] == "output" else 1) if found else (1 << 30, 1)
+
+
+def classify_failure(err: ChildFailedError, oom_kills: int | None = 0,
+                     available_frac: float | None = None) -> tuple[str, str]:
+    """(status, reason) from every rank's failure (the launch adds the ranks the agent did not
+    report), in the order they failed: a root cause wins over the connection losses and collective
+    timeouts it caused in its peers. Out of memory first (an OutOfMemoryError, or a rank dead by
+    SIGKILL while the kernel's OOM killer fired during the launch, `oom_kills` > 0, or with available
+    memory below LOW_MEMORY_FRAC); then the earliest rank's own error (an exception that is not a
+    follow-on, non-finite values); only follow-on errors and a collective timeout means a hang, blamed
+    on the ranks that wrote no error (the launcher stopped them while their peers waited)."""
+    oom_killer = bool(oom_kills) or (available_frac is not None and available_frac < LOW_MEMORY_FRAC)
+    failures = sorted(err.failures.items(), key=lambda rf: (_written(rf[1]), rf[0]))
+    texts = {rank: _failure_text(f) for rank, f in failures}
+    kinds = {rank: _failure_kind(f, texts[rank], oom_killer) for rank, f in failures}
+    for rank, _ in failures:
+        if kinds[rank] == "oom":
+            return "oom", f"rank {rank}: out of memory: {texts[rank].splitlines()[0][:500]}"
+        if kinds[rank] == "oom_killed":
+            evidence = (f"the kernel's OOM-kill counter rose by {oom_kills} during the launch" if oom_kills
+                        else f"available memory {available_frac:.1%} of the machine's")
+            return "oom", f"rank {rank}: out of memory: killed by SIGKILL, not by the watchdog ({evidence})"
+    causes = [r for r, _ in failures if kinds[r] in ("own", "non_finite")]
+    # non-finite values spread: a poisoned output makes every rank's gradients non-finite in the same
+    # step's backward, so the first step, then an output before a gradient, is the origin
+    causes.sort(key=lambda r: _non_finite_order(texts[r]) if kinds[r] == "non_finite" else (-1, 0))
+    for rank in causes:
+        if kinds[rank] == "non_finite":
+            return "error", next(line for line in texts[rank].splitlines() if "non-finite" in line).strip()
+        if kinds[rank] == "own":
+            return "error", f"rank {rank} failed: " + "\n".join(texts[rank].splitlines()[:12])[:2000]
+    echoes = " | ".join(f"rank {r}: {texts[r].splitlines()[0][:200]}" for r, f in failures
+                        if not getattr(f, "stopped_by_launcher", False))
+    if any("timed out" in t.lower() or "timeout" in t.lower() for t in texts.values()):
+        stopped = [r for r, f in failures if getattr(f, "stopped_by_launcher", False)]
+        hung = [r for r, f in failures if r in stopped and _waiting_in_comm(getattr(f, "stack_at_stop", "")) is False]
+        if stopped:
+            who = hung or stopped
+            waiting = f"; rank(s) {', '.join(map(str, sorted(set(stopped) - set(who))))} were waiting in communication" \
+                if len(who) < len(stopped) else ""
+            return "timeout", (f"rank{'s' if len(who) > 1 else ''} {', '.join(map(str, who))} stopped responding: "
+                               f"its peers timed out waiting for it ({echoes}{waiting})")
+        return "timeout", "a collective timed out waiting for a peer: " + echoes
+    rank, _ = failures[0]
+    return "error", f"rank {rank} failed: " + texts[rank][:2000]
 
 
 FAULT_KINDS = ("none", "oom", "crash", "hang", "nan")
@@ -261,6 +360,28 @@ def _check_mode(cfg: DictConfig, problem: Problem) -> int:
     return play_rank
 
 
+def _memory_capacity(backend: str, ranks_here: int) -> tuple[int, str]:
+    """What one rank may use: a GPU's total memory, or this node's available RAM shared by its ranks."""
+    if backend == "nccl":
+        return torch.cuda.get_device_properties(0).total_memory, "the GPU's total memory"
+    import psutil
+    available = psutil.virtual_memory().available
+    return available // ranks_here, f"available RAM {available / 2**30:.2f} GiB / {ranks_here} ranks on this node"
+
+
+def _check_memory(cfg: DictConfig, problem: Problem, backend: str, ranks_here: int) -> None:
+    """A real run whose per-rank memory model exceeds what a rank has would only thrash or be killed:
+    refused unless bench.allow_oversubscribe."""
+    method = methods.for_problem(problem)
+    if not method.memory_cost or cfg.bench.get("allow_oversubscribe", False):
+        return
+    need = method.memory_cost(problem).total
+    have, what = _memory_capacity(backend, max(1, ranks_here))
+    if need > have:
+        raise InvalidConfig(f"the per-rank memory model needs {need / 2**30:.2f} GiB ({need} bytes), more than "
+                            f"{have / 2**30:.2f} GiB ({have} bytes; {what}); bench.allow_oversubscribe=true runs it anyway")
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Identity of a job's configuration for resuming: everything but `resume` and Hydra's own keys."""
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -277,6 +398,7 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
            "hardware": (cfg.get("hardware") or {}).get("name"), **config_fields(cfg),
            "status": "ok", "error": None}
     try:
+        cfg = validate(cfg)  # every typed key of the wrong type or out of range: an invalid row naming it
         mode = str(cfg.get("mode"))
         if mode not in MODES:
             raise InvalidConfig(f"mode={mode!r} is not one of {', '.join(MODES)}")
@@ -290,6 +412,8 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
         if attn_backend != "auto" and attn_backend not in KERNELS:
             raise InvalidConfig(f"bench.attn_backend={attn_backend!r}: choose auto or one of {', '.join(sorted(KERNELS))}")
         device = _check_device(cfg, problem, attn_backend)
+        if mode == "real":
+            _check_memory(cfg, problem, backend, plan.nproc_per_node)
     except InvalidConfig as e:
         return {**row, "backend": backend, "device_name": None, "status": "invalid", "error": str(e)}
     problem = replace(problem, device="meta" if device == "meta" else "cuda" if _uses_gpu(backend, mode, device) else "cpu")
@@ -302,6 +426,7 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
               profile_dir=str(job_dir / "ranks") if cfg.bench.get("profile") else None)
     if plan.idle:  # emulate/dryrun on a multi-node step: node 0 plays the rank, this node has no row
         return row
+    oom_kills_before = _oom_kill_count()
     try:
         per_rank = [r[0] for _, r in sorted(launch(entry_single if single else entry, ([job],),
                                                    1 if single else problem.world_size, job_dir / "ranks",
@@ -309,7 +434,9 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
     except LaunchTimeout as e:
         return {**row, "status": "timeout", "error": str(e)}
     except ChildFailedError as e:
-        status, reason = classify_failure(e)
+        oom_kills_after = _oom_kill_count()
+        oom_kills = oom_kills_after - oom_kills_before if None not in (oom_kills_before, oom_kills_after) else None
+        status, reason = classify_failure(e, oom_kills, _available_memory_frac())
         return {**row, "status": status, "error": reason}
     row.update(play_rank=play_rank if single else None, **metrics(problem, per_rank, cfg.hardware, mode))
     reason = _suspect(row)
