@@ -74,15 +74,16 @@ def test_setup_reuses_the_invoking_torch(reused):
     venv = root / ".venv"
     assert (venv / "bin" / "python").exists()
     py = str(venv / "bin" / "python")
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # what the venv itself sees
     where = subprocess.run([py, "-c", "import torch; print(torch.__file__)"], cwd="/", capture_output=True,
-                           text=True, check=True).stdout.strip()
+                           text=True, check=True, env=bare).stdout.strip()
     assert not Path(where).resolve().is_relative_to(venv.resolve()), where
     assert Path(where).resolve() == Path(torch.__file__).resolve()
     site_packages = list(venv.glob("lib/python*/site-packages"))
     assert site_packages and not [p for sp in site_packages for p in sp.iterdir() if p.name.lower().startswith("torch")]
     # The copy's packages, not those of the repository this test runs from (editable there).
     code = "import harness, methods; print(harness.__file__); print(methods.__file__)"
-    files = subprocess.run([py, "-c", code], cwd="/", capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run([py, "-c", code], cwd="/", capture_output=True, text=True, check=True, env=bare).stdout.split()
     assert [Path(f).resolve() for f in files] == [(root / n / "__init__.py").resolve() for n in ("harness", "methods")]
 
     n_deps = len(setup_env.pyproject(str(REPO / "pyproject.toml"))["dependencies"])

@@ -78,7 +78,7 @@ def test_a_wrong_type_on_the_command_line_is_a_row_not_a_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "harness.run", "world_size=abc", f"hydra.run.dir={tmp_path / 'run'}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]  # 2: an invalid row
     row = json.loads((tmp_path / "run" / "result.json").read_text())
     assert row["status"] == "invalid" and row["error"].startswith("world_size='abc'")
 
