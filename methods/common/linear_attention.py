@@ -22,7 +22,7 @@ from .attention import acc_dtype
 
 def head_decays(heads: int) -> torch.Tensor:
     """Retention's per-head decay 1 - 2^(-5 - 8h/H), in (0, 1)."""
-    return 1 - 2.0 ** (-5 - 8 * torch.arange(heads, dtype=torch.float64) / heads)
+    return 1 - 2.0 ** (-5 - 8 * torch.arange(heads, dtype=torch.float64, device="cpu") / heads)  # moved as a buffer
 
 
 def _repeat_kv(q, k, v):
