@@ -57,25 +57,21 @@ def _gone(proc: psutil.Process) -> bool:
 def end_processes(procs: list[psutil.Process], grace_s: float = GRACE_S) -> int:
     """SIGTERM (and SIGCONT, so a stopped process gets it), then SIGKILL to those still there after
     `grace_s`. Returns how many there were."""
+    _signal_and_wait(procs, lambda p: (p.terminate(), p.resume()), grace_s)
+    _signal_and_wait([p for p in procs if not _gone(p)], psutil.Process.kill, grace_s)
+    return len(procs)
+
+
+def _signal_and_wait(procs: list[psutil.Process], send: Callable[[psutil.Process], Any], grace_s: float) -> None:
+    """`send` to each process, then wait up to `grace_s` for all of them to be gone."""
     for proc in procs:
         try:
-            proc.terminate()
-            proc.resume()
+            send(proc)
         except psutil.Error:
             continue
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and not all(_gone(p) for p in procs):
         time.sleep(0.05)
-    left = [p for p in procs if not _gone(p)]
-    for proc in left:
-        try:
-            proc.kill()
-        except psutil.Error:
-            continue
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and not all(_gone(p) for p in left):
-        time.sleep(0.05)
-    return len(procs)
 
 
 def _helper_pids() -> set[int]:
