@@ -8,6 +8,9 @@ square causal block, because kernels disagree on causal alignment for non-square
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from functools import partial
 
 import torch
@@ -20,6 +23,7 @@ from methods.common.collectives import all_gather_dim, reduce_scatter_dim
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, llama_block_shapes
+from methods.common.options import ShardedOptions
 from methods.common.memory import INDEX_BYTES, MemCost, llama_layer_act, positions_storage, replicated_memory, softmax_core_act
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 
@@ -95,26 +99,25 @@ def allgather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
 
 # ---- layout, checks, build -------------------------------------------------------------------------
 
-def cp_layout(p: Problem) -> str:
-    return p.opt("layout", "zigzag")
+@dataclass(frozen=True)
+class AllGatherCPOptions(ShardedOptions):
+    layout: Literal["zigzag", "contiguous"] = "zigzag"
 
 
 def validate(p: Problem) -> None:
-    if cp_layout(p) not in ("zigzag", "contiguous"):
-        raise InvalidConfig(f"method.layout={cp_layout(p)!r}: all-gather CP layouts are zigzag, contiguous")
-    layouts.check_divisible(cp_layout(p), p.workload.seq_len, p.world_size)
+    layouts.check_divisible(p.options.layout, p.workload.seq_len, p.world_size)
 
 
 @layouts.real_indices
 def layout(p: Problem) -> list[torch.Tensor]:
-    return layouts.make(cp_layout(p), p.workload.seq_len, p.world_size)
+    return layouts.make(p.options.layout, p.workload.seq_len, p.world_size)
 
 
 def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceModel:
     group, indices = dist.group.WORLD, layout(p)
-    core = partial(allgather_attention, group=group, indices=indices, chunks=layouts.CHUNKS_PER_RANK[cp_layout(p)])
+    core = partial(allgather_attention, group=group, indices=indices, chunks=layouts.CHUNKS_PER_RANK[p.options.layout])
     return ReplicatedSequenceModel(reference, indices[dist.get_rank()], p.workload.causal, core, group,
-                                   p.torch_dtype, device, zero3=p.opt("zero3", False))
+                                   p.torch_dtype, device, zero3=p.options.zero3)
 
 
 # ---- cost model ------------------------------------------------------------------------------------
@@ -154,4 +157,4 @@ def memory_cost(p: Problem) -> MemCost:
 
 
 register(Method("allgather_cp", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
-                memory_cost=memory_cost))
+                memory_cost=memory_cost, options=AllGatherCPOptions))

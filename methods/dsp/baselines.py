@@ -24,11 +24,11 @@ from methods.common.replicated import param_sync_cost
 from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
 from methods.ring import attention_act as ring_act
 from methods.ring import attention_cost as ring_cost
-from methods.ring import ring_attention
+from methods.ring import RingOptions, ring_attention
 from methods.tp_sp import _param, cols, column_linear_sp, rows
 from methods.ulysses import attention_act as ulysses_act
 from methods.ulysses import attention_cost as ulysses_cost
-from methods.ulysses import check_heads, ulysses_attention
+from methods.ulysses import UlyssesOptions, check_heads, ulysses_attention
 
 from . import DSPModel, check_video, replicated_weights
 
@@ -108,14 +108,12 @@ def local_spatial_act(p: Problem) -> int:
 def video_attention(p: Problem) -> str:
     """temporal: Ulysses on the temporal attention only (the DSP paper's baseline); all: on the
     spatial attention too, as Open-Sora v1.0 applied it."""
-    return p.opt("video_attention", "temporal")
+    return p.options.video_attention
 
 
 def ulysses_validate(p: Problem) -> None:
     check_frames(p)
     check_heads(p.model.heads, p.model.kv_heads, p.world_size)
-    if video_attention(p) not in ("temporal", "all"):
-        raise InvalidConfig(f"method.video_attention must be temporal or all, got {video_attention(p)!r}")
     if video_attention(p) == "all" and p.model.kv_heads < p.world_size:
         raise InvalidConfig("method.video_attention=all needs kv_heads >= world_size")
 
@@ -326,8 +324,8 @@ def tp_memory(p: Problem) -> MemCost:
 
 VIDEO = {"workloads": ("video",), "model_kinds": ("video",)}
 register(Method("ulysses", validate=ulysses_validate, layout=frame_layout, build=ulysses_build,
-                comm_cost=ulysses_video_cost, memory_cost=ulysses_memory, **VIDEO))
+                comm_cost=ulysses_video_cost, memory_cost=ulysses_memory, options=UlyssesOptions, **VIDEO))
 register(Method("ring", validate=ring_validate, layout=frame_layout, build=ring_build, comm_cost=ring_video_cost,
-                memory_cost=ring_memory, **VIDEO))
+                memory_cost=ring_memory, options=RingOptions, **VIDEO))
 register(Method("tp_sp", validate=tp_validate, layout=frame_layout, build=tp_build, comm_cost=tp_video_cost,
                 memory_cost=tp_memory, **VIDEO))

@@ -4,6 +4,7 @@ backward: the gradient suffix G goes the other way. W-1 dependent hops each way 
 replaces by one all-gather); each rank sends at most one state per direction. Causal only."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -15,10 +16,16 @@ from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, llama_block_shapes
 from methods.common.linear_attention import LinearKernel
+from methods.common.options import ShardedOptions
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 from methods.lasp2 import chunk_factors, layout, state_bytes, state_decay
 from methods.lasp2 import memory_cost as lasp2_memory_cost
 from methods.lasp2 import validate as lasp2_validate
+
+
+@dataclass(frozen=True)
+class Lasp1Options(ShardedOptions):
+    """zero3 only."""
 
 
 class LASP1Attention(torch.autograd.Function):
@@ -74,7 +81,7 @@ def validate(p: Problem) -> None:
 def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceModel:
     group = dist.group.WORLD
     return ReplicatedSequenceModel(reference, layout(p)[dist.get_rank()], True, partial(lasp1_attention, group=group),
-                                   group, p.torch_dtype, device, zero3=p.opt("zero3", False))
+                                   group, p.torch_dtype, device, zero3=p.options.zero3)
 
 
 def comm_cost(p: Problem) -> CommCost:
@@ -88,4 +95,4 @@ def comm_cost(p: Problem) -> CommCost:
 
 # LASP-1 keeps what LASP-2 keeps: q, k, v of the chunk and the incoming state per layer
 register(Method("lasp1", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
-                memory_cost=lasp2_memory_cost, model_kinds=("linear",)))
+                memory_cost=lasp2_memory_cost, model_kinds=("linear",), options=Lasp1Options))

@@ -13,6 +13,7 @@ parallelism (methods/allgather_cp) on the same contiguous layout.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -30,7 +31,13 @@ from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, is_softmax_layer, llama_block_shapes
 from methods.common.linear_attention import LinearKernel, chunk_weights
 from methods.common.memory import MemCost, llama_layer_act, positions_storage, replicated_memory
+from methods.common.options import ShardedOptions
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
+
+
+@dataclass(frozen=True)
+class Lasp2Options(ShardedOptions):
+    """zero3 only."""
 
 
 def state_decay(kernel: LinearKernel, tokens: int, device, dtype) -> torch.Tensor | float:
@@ -127,7 +134,7 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     softmax_core = partial(allgather_attention, group=group, indices=indices, chunks=1)
     core = partial(lasp2_attention, group=group, softmax_core=softmax_core)
     return ReplicatedSequenceModel(reference, indices[dist.get_rank()], p.workload.causal, core, group,
-                                   p.torch_dtype, device, zero3=p.opt("zero3", False))
+                                   p.torch_dtype, device, zero3=p.options.zero3)
 
 
 # ---- cost model ------------------------------------------------------------------------------------
@@ -173,4 +180,4 @@ def memory_cost(p: Problem) -> MemCost:
 
 
 register(Method("lasp2", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
-                model_kinds=("linear", "hybrid")))
+                model_kinds=("linear", "hybrid"), options=Lasp2Options))

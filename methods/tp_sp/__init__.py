@@ -181,8 +181,6 @@ def check_heads(p: Problem) -> None:
 
 
 def validate(p: Problem) -> None:
-    if p.opt("zero3", False):
-        raise InvalidConfig("method.zero3 is not supported by tp_sp: its weights are already sharded by the TP degree")
     check_heads(p)
     m, n = p.model, p.world_size
     for name, value in (("ffn_hidden", m.ffn_hidden),):

@@ -8,6 +8,9 @@ by autograd.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from functools import partial
 
 import torch
@@ -19,8 +22,16 @@ from methods.common.collectives import heads_to_seq, seq_to_heads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, is_softmax_layer, llama_block_shapes
+from methods.common.options import ShardedOptions
 from methods.common.memory import MemCost, linear_kernel_act, llama_layer_act, positions_storage, replicated_memory, softmax_core_act
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
+
+
+@dataclass(frozen=True)
+class UlyssesOptions(ShardedOptions):
+    # video workload: Ulysses on the temporal attention only (the DSP paper's baseline), or on the
+    # spatial attention too (as Open-Sora v1.0 applied it)
+    video_attention: Literal["temporal", "all"] = "temporal"
 
 
 def kv_heads_exchanged(kv_heads: int, n: int) -> int:
@@ -68,7 +79,7 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     core = partial(ulysses_attention, group=group)
     positions = layout(p)[dist.get_rank()]
     return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, group, p.torch_dtype, device,
-                                   zero3=p.opt("zero3", False))
+                                   zero3=p.options.zero3)
 
 
 # ---- cost model ------------------------------------------------------------------------------------
@@ -121,4 +132,4 @@ def memory_cost(p: Problem) -> MemCost:
 
 
 register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
-                model_kinds=("llama", "linear", "hybrid")))
+                model_kinds=("llama", "linear", "hybrid"), options=UlyssesOptions))

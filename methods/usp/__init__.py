@@ -10,7 +10,9 @@ consecutive ranks (the fast links of a node carry the all-to-all), `ring_inner` 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -21,14 +23,27 @@ from methods.common.collectives import heads_to_seq, seq_to_heads
 from methods.common.config import InvalidConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import LocalAttention, llama_block_shapes
+from methods.common.options import ShardedOptions
 from methods.common.memory import MemCost, llama_layer_act, positions_storage, replicated_memory, softmax_core_act
 from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
 from methods.ring import attention_cost as ring_cost
-from methods.ring import ring_attention
+from methods.ring import RingLayout, ring_attention
 from methods.ulysses import attention_cost as ulysses_cost
 from methods.ulysses import check_heads, kv_heads_exchanged
 
-PLACEMENTS = ("ulysses_inner", "ring_inner")
+
+
+@dataclass(frozen=True)
+class UspOptions(ShardedOptions):
+    ulysses_degree: int | None = None  # None: largest divisor of world_size not above its square root
+    ring_degree: int | None = None  # None: world_size / ulysses_degree
+    # ulysses_inner: Ulysses groups on consecutive ranks (a node's fast links carry the all-to-all)
+    placement: Literal["ulysses_inner", "ring_inner"] = "ulysses_inner"
+    layout: RingLayout = "zigzag"  # the ring's layout
+
+    def resolved(self, p: Problem) -> UspOptions:
+        ud, rd = degrees(p)
+        return replace(self, ulysses_degree=ud, ring_degree=rd)
 
 
 def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention,
@@ -46,7 +61,7 @@ def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 def degrees(p: Problem) -> tuple[int, int]:
     """(ulysses_degree, ring_degree); unset degrees default to the largest divisor of world_size not
     above its square root for Ulysses (2 x 2 on 4 ranks, 2 x 4 on 8) and the rest for the ring."""
-    n, ud, rd = p.world_size, p.opt("ulysses_degree"), p.opt("ring_degree")
+    n, ud, rd = p.world_size, p.options.ulysses_degree, p.options.ring_degree
     if ud is None and rd is None:
         ud = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
     if ud is None:
@@ -59,26 +74,18 @@ def degrees(p: Problem) -> tuple[int, int]:
 def grid_position(p: Problem, rank: int) -> tuple[int, int]:
     """(ring index, Ulysses index) of a global rank under the placement."""
     ud, rd = degrees(p)
-    if p.opt("placement", "ulysses_inner") == "ulysses_inner":
+    if p.options.placement == "ulysses_inner":
         return rank // ud, rank % ud
     return rank % rd, rank // rd
-
-
-def ring_layout(p: Problem) -> str:
-    return p.opt("layout", "zigzag")
 
 
 def validate(p: Problem) -> None:
     ud, rd = degrees(p)
     if ud < 1 or rd < 1 or ud * rd != p.world_size:
         raise InvalidConfig(f"method.ulysses_degree x method.ring_degree must equal world_size={p.world_size}, "
-                            f"got {p.opt('ulysses_degree')} x {p.opt('ring_degree')}")
-    if p.opt("placement", "ulysses_inner") not in PLACEMENTS:
-        raise InvalidConfig(f"method.placement must be one of {PLACEMENTS}, got {p.opt('placement')!r}")
-    if ring_layout(p) not in ("basic", "zigzag", "stripe"):
-        raise InvalidConfig(f"method.layout={ring_layout(p)!r}: ring layouts are basic, zigzag, stripe")
+                            f"got {p.options.ulysses_degree} x {p.options.ring_degree}")
     check_heads(p.model.heads, p.model.kv_heads, ud)
-    layouts.check_divisible(ring_layout(p), p.workload.seq_len, rd)
+    layouts.check_divisible(p.options.layout, p.workload.seq_len, rd)
     if (p.workload.seq_len // rd) % ud:
         raise InvalidConfig(f"seq_len {p.workload.seq_len} / ring_degree {rd} is not divisible by the "
                             f"ulysses_degree {ud} (each ring segment is split over the Ulysses ranks)")
@@ -87,7 +94,7 @@ def validate(p: Problem) -> None:
 @layouts.real_indices
 def layout(p: Problem) -> list[torch.Tensor]:
     ud, rd = degrees(p)
-    segments = layouts.make(ring_layout(p), p.workload.seq_len, rd)
+    segments = layouts.make(p.options.layout, p.workload.seq_len, rd)
     out = []
     for rank in range(p.world_size):
         ring_index, ulysses_index = grid_position(p, rank)
@@ -103,10 +110,10 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     # every rank takes part in creating every group, in the same order
     ulysses_group, _ = dist.new_subgroups_by_enumeration(ulysses_groups)
     ring_group, _ = dist.new_subgroups_by_enumeration(ring_groups)
-    core = partial(usp_attention, ulysses_group=ulysses_group, ring_group=ring_group, layout=ring_layout(p))
+    core = partial(usp_attention, ulysses_group=ulysses_group, ring_group=ring_group, layout=p.options.layout)
     positions = layout(p)[dist.get_rank()]
     return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, dist.group.WORLD,
-                                   p.torch_dtype, device, zero3=p.opt("zero3", False))
+                                   p.torch_dtype, device, zero3=p.options.zero3)
 
 
 # ---- cost model ------------------------------------------------------------------------------------
@@ -140,4 +147,5 @@ def memory_cost(p: Problem) -> MemCost:
                              positions_storage(w.seq_len, p.world_size), [layer] * m.layers)
 
 
-register(Method("usp", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost))
+register(Method("usp", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
+                options=UspOptions))
