@@ -1,14 +1,16 @@
 """Method registry. Each method package registers a `Method` under its config name; importing
 `methods` imports every package below it, each on its own, so a new method needs no edit here and a
 package that fails to import is reported by name (`BROKEN`) while the others still register."""
+
 from __future__ import annotations
 
 import importlib
 import logging
 import pkgutil
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -37,7 +39,9 @@ class Method:
     name: str
     validate: Callable[[Problem], None]  # raise InvalidConfig with a message that says what to change
     layout: Callable[[Problem], list[torch.Tensor]]  # global token indices held by each rank
-    build: Callable[[Problem, nn.Module, torch.device], nn.Module]  # (problem, reference, device) -> ParallelModel
+    build: Callable[
+        [Problem, nn.Module, torch.device], nn.Module
+    ]  # (problem, reference, device) -> ParallelModel
     comm_cost: Callable[[Problem], CommCost]  # exact per-rank bytes of one step
     memory_cost: Callable[[Problem], MemCost] | None = None  # per-rank memory of one step, by category
     workloads: tuple[str, ...] = ("llm",)
@@ -61,8 +65,9 @@ def register(method: Method) -> Method:
         if other.options is not method.options:
             raise ValueError(f"method {method.name!r}: every variant must take the same options class")
     if not variants:  # the schema of conf/method/<name>.yaml (its defaults list names `<name>_schema`)
-        ConfigStore.instance().store(group="method", name=f"{method.name}_schema",
-                                     node=opts.schema(method.options, method.name))
+        ConfigStore.instance().store(
+            group="method", name=f"{method.name}_schema", node=opts.schema(method.options, method.name)
+        )
     REGISTRY.setdefault(method.name, []).append(method)
     return method
 
@@ -89,10 +94,14 @@ def for_problem(p: Problem) -> Method:
     for m in variants(p.method):
         if p.workload.name in m.workloads and p.model.kind in m.model_kinds:
             return m
-    runs = "; ".join(f"workloads {', '.join(m.workloads)} with model kinds {', '.join(m.model_kinds)}"
-                     for m in REGISTRY[p.method])
-    raise InvalidConfig(f"method {p.method!r} does not run workload {p.workload.name!r} with model "
-                        f"{p.model.name!r} (kind {p.model.kind!r}); it runs {runs}")
+    runs = "; ".join(
+        f"workloads {', '.join(m.workloads)} with model kinds {', '.join(m.model_kinds)}"
+        for m in REGISTRY[p.method]
+    )
+    raise InvalidConfig(
+        f"method {p.method!r} does not run workload {p.workload.name!r} with model "
+        f"{p.model.name!r} (kind {p.model.kind!r}); it runs {runs}"
+    )
 
 
 def resolve_options(p: Problem) -> dict[str, Any]:
@@ -106,7 +115,7 @@ def _import_all() -> None:
         if info.ispkg and info.name != "common":
             try:
                 importlib.import_module(f"{__name__}.{info.name}")
-            except Exception as e:  # one broken method must not take the others down
+            except Exception as e:  # noqa: BLE001 -- one broken method must not take the others down
                 BROKEN[info.name] = traceback.format_exception_only(e)[-1].strip()
                 log.warning("method package %r failed to import: %s", info.name, BROKEN[info.name])
 

@@ -3,13 +3,14 @@ only place the default is written), and the Hydra schema of its `conf/method/` f
 
 Literal-typed fields become Enums in the schema, so Hydra refuses a value outside the choices while
 it composes, naming the key, as it does for a wrong type or an unknown key."""
+
 from __future__ import annotations
 
 import dataclasses
 import enum
 import typing
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 if TYPE_CHECKING:
     from .config import Problem
@@ -21,7 +22,7 @@ O = TypeVar("O", bound="MethodOptions")
 class MethodOptions:
     """A method without options; methods with options subclass it."""
 
-    def resolved(self: O, p: Problem) -> O:
+    def resolved(self, p: Problem) -> Self:
         """The options in effect for p (a method that derives an option left unset overrides this)."""
         return self
 
@@ -50,8 +51,10 @@ def parse(cls: type[O], method: str, values: Mapping[str, Any]) -> O:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise InvalidConfig(f"unknown option(s) {', '.join('method.' + k for k in unknown)}: method {method!r} "
-                            f"accepts {', '.join(sorted(known)) or 'no options'}")
+        raise InvalidConfig(
+            f"unknown option(s) {', '.join('method.' + k for k in unknown)}: method {method!r} "
+            f"accepts {', '.join(sorted(known)) or 'no options'}"
+        )
     out = {}
     for key, value in values.items():
         allowed = choices(hints[key])
@@ -81,4 +84,4 @@ def as_dict(options: MethodOptions) -> dict[str, Any]:
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
 
 
-__all__ = ["MethodOptions", "ShardedOptions", "zero3", "parse", "schema", "as_dict", "choices"]
+__all__ = ["MethodOptions", "ShardedOptions", "as_dict", "choices", "parse", "schema", "zero3"]

@@ -2,6 +2,7 @@
 around the ring. Layouts (methods/common/layout.py): `basic` (contiguous; causal work grows with the
 rank), `zigzag` (chunks r and 2N-1-r: equal causal work everywhere) and `stripe` (token t on rank
 t mod N). Communication and memory models: methods/ring/cost.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,11 +42,21 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     group = dist.group.WORLD
     core = partial(ring_attention, group=group, layout=p.options.layout)
     positions = layout(p)[dist.get_rank()]
-    return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, group, p.torch_dtype, device,
-                                   zero3=p.options.zero3)
+    return ReplicatedSequenceModel(
+        reference, positions, p.workload.causal, core, group, p.torch_dtype, device, zero3=p.options.zero3
+    )
 
 
-register(Method("ring", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
-                options=RingOptions))
+register(
+    Method(
+        "ring",
+        validate=validate,
+        layout=layout,
+        build=build,
+        comm_cost=comm_cost,
+        memory_cost=memory_cost,
+        options=RingOptions,
+    )
+)
 
-__all__ = ["RingOptions", "RingLayout", "ring_attention", "block_plan", "attention_cost", "attention_act"]
+__all__ = ["RingLayout", "RingOptions", "attention_act", "attention_cost", "block_plan", "ring_attention"]

@@ -6,6 +6,7 @@ home to their owner after N hops.
 Every block a rank computes is square, full, or skipped (`block_plan`), so only square causal
 kernels are ever called.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,9 @@ from methods.common.ring_comm import RingComm
 ALL = slice(None)
 
 
-def block_plan(layout: str, causal: bool, rank: int, source: int, length: int) -> tuple[slice, slice, bool] | None:
+def block_plan(
+    layout: str, causal: bool, rank: int, source: int, length: int
+) -> tuple[slice, slice, bool] | None:
     """Which query rows of `rank` attend which key columns of `source`'s block (both `length` long),
     and whether that piece is a square causal block; None when no query sees any key."""
     if not causal:
@@ -57,7 +60,9 @@ class RingAttention(torch.autograd.Function):
                 if out is None:  # step 0 always covers every row
                     out, lse = block_out.to(acc), block_lse.to(acc)
                 else:
-                    out[:, rows], lse[:, :, rows] = merge_lse(out[:, rows], lse[:, :, rows], block_out, block_lse)
+                    out[:, rows], lse[:, :, rows] = merge_lse(
+                        out[:, rows], lse[:, :, rows], block_out, block_lse
+                    )
             if step < n - 1:
                 comm.wait()
                 k_cur, v_cur = k_next, v_next
@@ -83,8 +88,15 @@ class RingAttention(torch.autograd.Function):
             plan = block_plan(ctx.layout, ctx.causal, r, (r - step) % n, q.shape[1])
             if plan is not None:
                 rows, cols, block_causal = plan
-                dq_b, dk_b, dv_b = attn_backward(dout[:, rows], q[:, rows], k_cur[:, cols], v_cur[:, cols],
-                                                 out[:, rows], lse[:, :, rows], block_causal)
+                dq_b, dk_b, dv_b = attn_backward(
+                    dout[:, rows],
+                    q[:, rows],
+                    k_cur[:, cols],
+                    v_cur[:, cols],
+                    out[:, rows],
+                    lse[:, :, rows],
+                    block_causal,
+                )
                 dq[:, rows] += dq_b
             if step == 0:  # the accumulators of the block in hand: fresh at step 0, then received
                 dk_acc, dv_acc = torch.zeros_like(k, dtype=acc), torch.zeros_like(v, dtype=acc)
@@ -106,8 +118,15 @@ class RingAttention(torch.autograd.Function):
         return dq.to(q.dtype), dk_acc.to(k.dtype), dv_acc.to(v.dtype), None, None, None
 
 
-def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention,
-                   group: dist.ProcessGroup, layout: str) -> torch.Tensor:
+def ring_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    local: LocalAttention,
+    group: dist.ProcessGroup,
+    layout: str,
+) -> torch.Tensor:
     """Distributed core: q [B, L/N, H, D], k/v [B, L/N, Hkv, D] in `layout` over `group`. Softmax
     attention only (it needs the LSE kernels), so the layer's `local` kernel is not used."""
     return RingAttention.apply(q, k, v, causal, layout, group)
