@@ -20,8 +20,10 @@ def _unknown_choice(cfg: DictConfig) -> None:
             methods.variants(method_name(bad))  # a method that failed to import: says why
         if bad is not None:
             raise InvalidConfig(f"unknown {group} {bad!r}; available: {', '.join(options(group))}")
-    for key, value in (cfg.get("refused") or {}).get("method", {}).items():  # see rewrite_unknown_choices
-        raise InvalidConfig(option_error(cfg.method.name, key, value) or f"method.{key}={value!r} refused")
+    refused = (cfg.get("refused") or {}).get("method") or {}
+    if refused:  # a method option its schema refuses, set aside by rewrite_unknown_choices
+        key, value = next(iter(refused.items()))
+        raise InvalidConfig(option_error(cfg.method.name, key, value))
     unknown = list(cfg.get("unknown_options") or [])
     for group in CHECKED_GROUPS[1:]:  # `+group.key=...` the group's file lacks (a method's options refuse theirs)
         choice = cfg[group].get("name")

@@ -108,7 +108,17 @@ try:
     methods.for_problem(Problem("lasp2", model, Workload(seq_len=64), 4, "float64"))
 except InvalidConfig as e:
     refused = str(e)
-print(json.dumps({"broken": methods.BROKEN, "names": methods.names(), "refused": refused,
+from hydra import compose, initialize_config_dir
+from harness.groups import CONF_DIR, rewrite_unknown_choices
+from harness.problem import problem_from_cfg
+overrides = rewrite_unknown_choices(["method=lasp2", "model=tiny_linear"])  # a single run of it
+with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    cfg = compose("config", overrides=overrides)
+try:
+    problem_from_cfg(cfg)
+except InvalidConfig as e:
+    row_error = str(e)
+print(json.dumps({"broken": methods.BROKEN, "names": methods.names(), "refused": refused, "row_error": row_error,
                   "ring_fwd": methods.for_problem(p).comm_cost(p).as_dict()["fwd"]}))
 """
 
@@ -129,6 +139,7 @@ def test_a_method_that_fails_to_import_is_reported_while_the_others_run():
     assert "method package 'lasp2' failed to import" in res.stderr  # the logged warning
     assert {"ring", "ulysses", "usp", "dsp", "tp_sp"} <= set(out["names"]) and "lasp2" not in out["names"]
     assert out["refused"].startswith("method 'lasp2' failed to import: ") and "halted" in out["refused"]
+    assert out["row_error"] == out["refused"]  # the single run's invalid row says why
     assert out["ring_fwd"]["send"] > 0
     alone = subprocess.run(
         [sys.executable, "-c", "import methods.ring"],
