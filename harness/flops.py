@@ -7,6 +7,7 @@ from typing import Callable
 
 from methods.common.config import Problem
 from methods.common.layers import is_softmax_layer
+from methods.common.video import video_options
 
 
 def llama_forward_flops(p: Problem) -> tuple[float, float]:
@@ -30,10 +31,14 @@ def llama_forward_flops(p: Problem) -> tuple[float, float]:
 
 
 def video_forward_flops(p: Problem) -> tuple[float, float]:
-    """Spatial block (attention over S per frame) + temporal block (over T per position), non-causal."""
+    """Spatial block (attention over S per frame) + temporal block (over T per position), non-causal.
+    With adaLN each block's modulation adds Linear(C, 6C) on the B conditioning vectors (once per
+    sample, not per token); norms, qk-norms and the modulation's products are not matmuls."""
     m, w = p.model, p.workload
     tokens = w.batch_size * w.frames * w.spatial
     per_block = 2 * tokens * (m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads) + 2 * m.hidden * m.ffn_hidden)
+    if video_options(m).adaln:
+        per_block += 2 * w.batch_size * m.hidden * 6 * m.hidden
     attention = 4 * tokens * (w.spatial + w.frames) * m.heads * m.head_dim
     total = m.layers * (2 * per_block + attention)
     return total, total

@@ -1,7 +1,10 @@
 """DSP and the embedded baselines (Ulysses temporal-only and on every attention, Ring on the frames,
 Megatron-SP) on the spatial-temporal block: exact against the float64 reference, counted bytes equal
-to the cost models, and the paper's per-layer table in exact per-rank form."""
+to the cost models (also with adaLN modulation and qk-norm on, at world sizes 1, 2 and 4), and the
+paper's per-layer table in exact per-rank form."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
@@ -11,12 +14,16 @@ from methods.common.config import InvalidConfig, ModelConfig, Problem, Workload
 
 from .dist import method_tests
 
+# affine LayerNorms (torch's default), so that their weight gradients are checked too
 VIDEO = ModelConfig("tiny_video", hidden=32, heads=4, kv_heads=4, head_dim=8, ffn_hidden=128, layers=2, kind="video",
-                    extra={"temporal_rope": True})
+                    extra={"temporal_rope": True, "norm_affine": True})
+# OpenSora/DiT conventions: non-affine LayerNorms at eps 1e-6, adaLN modulation, qk-norm
+DIT = replace(VIDEO, name="tiny_video_dit", norm_eps=1e-6, extra={"temporal_rope": True, "adaln": True, "qk_norm": True})
 
 
-def video(method: str, n: int, frames: int = 8, spatial: int = 8, batch: int = 2, **options) -> Problem:
-    return Problem(method, VIDEO, Workload("video", batch_size=batch, frames=frames, spatial=spatial, causal=False),
+def video(method: str, n: int, frames: int = 8, spatial: int = 8, batch: int = 2, model: ModelConfig = VIDEO,
+          **options) -> Problem:
+    return Problem(method, model, Workload("video", batch_size=batch, frames=frames, spatial=spatial, causal=False),
                    n, "float64", options)
 
 
@@ -27,6 +34,13 @@ for n in (2, 4):
     CASES[f"ulysses-all-N{n}"] = video("ulysses", n, video_attention="all")
     CASES[f"ring-N{n}"] = video("ring", n)
     CASES[f"tp_sp-N{n}"] = video("tp_sp", n)
+for n in (1, 2, 4):  # adaLN and qk-norm on every video method
+    CASES[f"dsp-dit-N{n}"] = video("dsp", n, model=DIT)
+    CASES[f"ulysses-temporal-dit-N{n}"] = video("ulysses", n, model=DIT)
+    CASES[f"ulysses-all-dit-N{n}"] = video("ulysses", n, model=DIT, video_attention="all")
+    CASES[f"ring-dit-N{n}"] = video("ring", n, model=DIT)
+    CASES[f"tp_sp-dit-N{n}"] = video("tp_sp", n, model=DIT)
+CASES["dsp-dit-N4-T3-S6-padded-B1"] = video("dsp", 4, frames=3, spatial=6, batch=1, model=DIT)
 CASES["dsp-N4-T6-padded"] = video("dsp", 4, frames=6)
 CASES["dsp-N4-T3-fewer-frames-than-ranks"] = video("dsp", 4, frames=3, batch=1)
 CASES["dsp-N4-S6-padded-spatial"] = video("dsp", 4, frames=5, spatial=6)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .attention import attention
 from .config import ModelConfig, Workload
-from .linear_attention import LinearKernel, head_decays, naive_linear_attention
+from .linear_attention import LinearKernel, model_decays, naive_linear_attention
 
 LocalAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 # A distributed core gets this rank's q, k, v [B, L_local, heads, D] (RoPE applied with the tokens'
@@ -86,13 +86,16 @@ class Attention(nn.Module):
     local_attention = staticmethod(attention)
     use_rope = True
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, qk_norm: bool = False):
         super().__init__()
         self.cfg = cfg
         self.wq = nn.Linear(cfg.hidden, cfg.heads * cfg.head_dim, bias=False)
         self.wk = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden, bias=False)
+        # qk-norm (OpenSora STDiT3): an RMSNorm over each head's D channels of q and of k, before RoPE
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if qk_norm else None
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None) -> torch.Tensor:
         """Without `core` this is the single-device reference; sequence-parallel methods pass a
@@ -102,6 +105,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, L, c.heads, c.head_dim)
         k = self.wk(x).view(B, L, c.kv_heads, c.head_dim)
         v = self.wv(x).view(B, L, c.kv_heads, c.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -166,12 +171,12 @@ def llama_block_params(m: ModelConfig) -> int:
 
 class LinearAttentionLayer(Attention):
     """Linear-Llama3: the Llama attention with softmax replaced by basic linear attention (per-head
-    decay when the model sets `decay: true`); projections, RoPE and everything around stay."""
+    decay when the model sets `decay: true`, from the table its `decay_rule` names); projections, RoPE and everything around stay."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         # a buffer, so that it moves with the model to the device of the data, once; float64 kept
-        self.register_buffer("decay", head_decays(cfg.heads) if cfg.extra.get("decay") else None, persistent=False)
+        self.register_buffer("decay", model_decays(cfg), persistent=False)
 
     def reference_attention(self, q, k, v, causal: bool) -> torch.Tensor:
         return naive_linear_attention(q, k, v, causal, self.decay)
@@ -209,7 +214,7 @@ def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.
     with torch.device("cpu"):  # weights come from a CPU generator, whatever the default device is
         if cfg.kind == "video":
             from .video import VideoModel
-            model = VideoModel(cfg, workload.frames, workload.spatial)
+            model = VideoModel(cfg, workload, seed)
         else:
             model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
         init_weights_(to_(model, dtype=torch.float64), seed)

@@ -1,5 +1,5 @@
 """Basic linear attention (identity feature map, no normalisation, no 1/sqrt(d) scale, as LASP-2),
-optionally with a per-head decay lambda (Lightning / Retention style):
+optionally with a per-head decay lambda (RetNet's table by default, see DECAY_RULES):
 
     causal:         o_i = sum_{j <= i} lambda^(i-j) (q_i . k_j) v_j
     bidirectional:  o_i = sum_j (q_i . k_j) v_j        (decay is not defined here)
@@ -18,11 +18,35 @@ import torch
 import torch.nn.functional as F
 
 from .attention import acc_dtype
+from .config import ModelConfig
 
 
-def head_decays(heads: int) -> torch.Tensor:
-    """Retention's per-head decay 1 - 2^(-5 - 8h/H), in (0, 1)."""
-    return 1 - 2.0 ** (-5 - 8 * torch.arange(heads, dtype=torch.float64, device="cpu") / heads)  # moved as a buffer
+# The per-head decay tables a linear model's `decay_rule` names, lambda_h for heads h = 0 .. H-1:
+#   retnet  1 - 2^(-5 - h): RetNet (Sun et al., arXiv 2307.08621, Sec. 2.2: gamma = 1 - 2^(-5 - arange(0, h))),
+#           as torchscale's MultiScaleRetention and flash-linear-attention's retention layer build it
+#   scaled  1 - 2^(-5 - 8h/H): spbench's earlier table, the same range [1 - 2^-5, 1 - 2^-13) whatever H;
+#           equal to retnet at H = 8 only (at H = 16 head 15 keeps 1 - 2^-12.5 instead of 1 - 2^-20)
+DECAY_RULES = ("retnet", "scaled")
+DEFAULT_DECAY_RULE = "retnet"
+
+
+def head_decays(heads: int, rule: str = DEFAULT_DECAY_RULE) -> torch.Tensor:
+    """The per-head decays lambda_h in (0, 1) of `rule` (see DECAY_RULES), float64 on the CPU (layers
+    hold them as a buffer, moved with the model)."""
+    h = torch.arange(heads, dtype=torch.float64, device="cpu")
+    if rule == "retnet":
+        return 1 - 2.0 ** (-5 - h)
+    if rule == "scaled":
+        return 1 - 2.0 ** (-5 - 8 * h / heads)
+    raise ValueError(f"unknown decay rule {rule!r}; one of {', '.join(DECAY_RULES)}")
+
+
+def model_decays(cfg: ModelConfig) -> torch.Tensor | None:
+    """The decays of a linear model's layers: None unless the model sets `decay: true`; the table is
+    the model's `decay_rule` (default retnet)."""
+    if not cfg.extra.get("decay"):
+        return None
+    return head_decays(cfg.heads, cfg.extra.get("decay_rule", DEFAULT_DECAY_RULE))
 
 
 def _repeat_kv(q, k, v):

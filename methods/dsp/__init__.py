@@ -27,7 +27,7 @@ from methods.common.layers import copy_to, local_core
 from methods.common.memory import (INDEX_BYTES, MemCost, softmax_core_act, video_block_act, video_memory,
                                    video_rope_positions)
 from methods.common.replicated import param_sync_cost
-from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
+from methods.common.video import conditioning, spatial_stage, temporal_stage, video_layer_shapes
 
 
 def _switch(x: torch.Tensor, gather_dim: int, scatter_dim: int, gather_len: int, group) -> torch.Tensor:
@@ -74,12 +74,13 @@ class DSPModel(nn.Module):
         real = torch.cat([i * pad + torch.arange(s, device=x_local.device) for i, s in enumerate(sizes)])
         x = x_local.view(B, m.frames, sizes[r], C)  # resident: the S-shard
         frames = torch.arange(m.frames, device=x.device)
+        cond = conditioning(m.cond, x.dtype)  # per sample: the same on every rank
         for layer in m.blocks:
             h = switch(F.pad(x, (0, 0, 0, pad - sizes[r])), 2, 1, n * pad, self.group)  # [B, T/N, N*pad, C]
-            h = spatial_stage(layer.spatial, h.index_select(2, real), local_core)  # whole frames, padding dropped
+            h = spatial_stage(layer.spatial, h.index_select(2, real), local_core, cond)  # whole frames, no padding
             h = h.new_zeros(*h.shape[:2], n * pad, C).index_copy(2, real, h)
             x = switch(h, 1, 2, m.frames, self.group).narrow(2, 0, sizes[r])  # back to [B, T, S_r, C]
-            x = temporal_stage(layer.temporal, x, frames, local_core)  # whole T: no communication
+            x = temporal_stage(layer.temporal, x, frames, local_core, cond)  # whole T: no communication
         return x.reshape(B, -1, C)
 
     def finish_grads(self) -> None:

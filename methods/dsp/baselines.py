@@ -4,6 +4,7 @@ temporal attention communicates, through Ulysses or Ring; Megatron-SP (TP-SP) co
 every attention and MLP. Registered as the `video` variants of ulysses, ring and tp_sp."""
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -15,13 +16,14 @@ from methods import Method, register
 from methods.common import layout as layouts
 from methods.common.attention import attention
 from methods.common.collectives import all_gather_dim, heads_to_seq, reduce_scatter_seq, seq_to_heads, sum_grads
-from methods.common.config import InvalidConfig, Problem
+from methods.common.config import InvalidConfig, ModelConfig, Problem
 from methods.common.cost import CommCost
 from methods.common.layers import apply_rope, copy_to, local_core, rope_cos_sin
-from methods.common.memory import (MemCost, gelu_mlp_act, softmax_core_act, video_block_act, video_memory,
+from methods.common.memory import (MemCost, gelu_mlp_act, qk_norm_act, softmax_core_act, video_block_act, video_memory,
                                    video_rope_positions)
 from methods.common.replicated import param_sync_cost
-from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
+from methods.common.video import (conditioning, gated, modulate, spatial_stage, temporal_stage,
+                                  video_block_shapes, video_layer_shapes, video_options)
 from methods.ring import attention_act as ring_act
 from methods.ring import attention_cost as ring_cost
 from methods.ring import ring_attention
@@ -47,8 +49,10 @@ class FrameShardModel(DSPModel):
         B, _, C = x_local.shape
         x = x_local.view(B, m.frames // n, m.spatial, C)
         frames = torch.arange(r * m.frames // n, (r + 1) * m.frames // n, device=x.device)  # global, for RoPE
+        cond = conditioning(m.cond, x.dtype)
         for layer in m.blocks:
-            x = temporal_stage(layer.temporal, spatial_stage(layer.spatial, x, self.spatial_core), frames, self.core)
+            h = spatial_stage(layer.spatial, x, self.spatial_core, cond)
+            x = temporal_stage(layer.temporal, h, frames, self.core, cond)
         return x.reshape(B, -1, C)
 
 
@@ -187,24 +191,32 @@ def ring_memory(p: Problem) -> MemCost:
 
 class TPVideoBlock(nn.Module):
     """One spatial or temporal block with Megatron TP-SP: the flattened token shard is gathered
-    before the QKV / fc1 column linears and reduce-scattered after Wo / fc2."""
+    before the QKV / fc1 column linears and reduce-scattered after Wo / fc2. Norms, qk-norms and the
+    adaLN modulation are replicated and run on the rank's tokens (qk-norm: on its heads)."""
+
+    REPLICATED = ("norm1", "norm2", "q_norm", "k_norm", "modulation")
 
     def __init__(self, ref: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device):
         super().__init__()
         c, n, r = ref.attn.cfg, dist.get_world_size(group), dist.get_rank(group)
         self.cfg, self.group, self.use_rope = c, group, ref.attn.use_rope
         self.heads, self.kv_heads = c.heads // n, c.kv_heads // n
-        self.norm1 = copy_to(ref.norm1, device, dtype)  # replicated
-        self.norm2 = copy_to(ref.norm2, device, dtype)
         a = ref.attn
+        owners = {"norm1": ref, "norm2": ref, "q_norm": a, "k_norm": a, "modulation": ref}
+        for name in self.REPLICATED:
+            module = getattr(owners[name], name)
+            setattr(self, name, None if module is None else copy_to(module, device, dtype))
         self.wqkv = _param(torch.cat([rows(a.wq.weight, r, n), rows(a.wk.weight, r, n), rows(a.wv.weight, r, n)]), dtype, device)
         self.wo = _param(cols(a.wo.weight, r, n), dtype, device)
         self.fc1 = _param(rows(ref.mlp.fc1.weight, r, n), dtype, device)
         self.fc2 = _param(cols(ref.mlp.fc2.weight, r, n), dtype, device)
 
-    def forward(self, x: torch.Tensor, frames: int, spatial: int, temporal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: int, spatial: int, temporal: bool,
+                cond: torch.Tensor | None) -> torch.Tensor:
         c, hd = self.cfg, self.cfg.head_dim
-        qkv = column_linear_sp(self.norm1(x), self.wqkv, self.group)  # [B, T*S, (h + 2 hkv) D]
+        mod = None if self.modulation is None else self.modulation(cond).chunk(6, dim=-1)
+        h = self.norm1(x) if mod is None else modulate(self.norm1(x), mod[0], mod[1])
+        qkv = column_linear_sp(h, self.wqkv, self.group)  # [B, T*S, (h + 2 hkv) D]
         B = qkv.shape[0]
         qkv = qkv.view(B, frames, spatial, -1)
         if temporal:
@@ -212,24 +224,32 @@ class TPVideoBlock(nn.Module):
         seq = qkv.reshape(-1, qkv.shape[2], qkv.shape[3])
         q, k, v = seq.split([self.heads * hd, self.kv_heads * hd, self.kv_heads * hd], -1)
         q, k, v = (t.reshape(*t.shape[:2], -1, hd) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             cos, sin = rope_cos_sin(torch.arange(q.shape[1], device=q.device), hd, c.rope_theta, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = attention(q, k, v, False).reshape(*qkv.shape[:3], -1)
         if temporal:
             o = o.transpose(1, 2)
-        x = x + reduce_scatter_seq(o.reshape(B, frames * spatial, -1) @ self.wo.t(), self.group)
-        h = F.gelu(column_linear_sp(self.norm2(x), self.fc1, self.group), approximate="tanh")
-        return x + reduce_scatter_seq(h @ self.fc2.t(), self.group)
+        a = reduce_scatter_seq(o.reshape(B, frames * spatial, -1) @ self.wo.t(), self.group)
+        x = x + (a if mod is None else gated(mod[2], a))
+        h = self.norm2(x) if mod is None else modulate(self.norm2(x), mod[3], mod[4])
+        f = reduce_scatter_seq(F.gelu(column_linear_sp(h, self.fc1, self.group), approximate="tanh") @ self.fc2.t(),
+                               self.group)
+        return x + (f if mod is None else gated(mod[5], f))
 
-    def norm_params(self) -> list[nn.Parameter]:
-        return [*self.norm1.parameters(), *self.norm2.parameters()]
+    def replicated_params(self) -> list[nn.Parameter]:
+        return [p for name in self.REPLICATED if getattr(self, name) is not None for p in getattr(self, name).parameters()]
 
     def full_grads(self, prefix: str) -> dict[str, torch.Tensor]:
         hd, g = self.cfg.head_dim, self.group
         gq, gk, gv = self.wqkv.grad.split([self.heads * hd, self.kv_heads * hd, self.kv_heads * hd], 0)
-        grads = {f"{prefix}.norm1.{k}": p.grad for k, p in self.norm1.named_parameters()}
-        grads.update({f"{prefix}.norm2.{k}": p.grad for k, p in self.norm2.named_parameters()})
+        grads = {}
+        for name in self.REPLICATED:
+            where = f"{prefix}.attn.{name}" if name in ("q_norm", "k_norm") else f"{prefix}.{name}"
+            if getattr(self, name) is not None:
+                grads.update({f"{where}.{k}": p.grad for k, p in getattr(self, name).named_parameters()})
         grads.update({f"{prefix}.attn.wq.weight": all_gather_dim(gq, 0, g), f"{prefix}.attn.wk.weight": all_gather_dim(gk, 0, g),
                       f"{prefix}.attn.wv.weight": all_gather_dim(gv, 0, g),
                       f"{prefix}.attn.wo.weight": all_gather_dim(self.wo.grad, 1, g),
@@ -245,15 +265,18 @@ class TPVideoModel(nn.Module):
                                                    "temporal": TPVideoBlock(layer.temporal, group, dtype, device)})
                                     for layer in reference.blocks)
         self.frames, self.spatial, self.group = reference.frames, reference.spatial, group
+        cond = reference.cond
+        self.register_buffer("cond", None if cond is None else cond.to(device).clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cond = conditioning(self.cond, x.dtype)
         for layer in self.layers:
-            x = layer["spatial"](x, self.frames, self.spatial, temporal=False)
-            x = layer["temporal"](x, self.frames, self.spatial, temporal=True)
+            x = layer["spatial"](x, self.frames, self.spatial, False, cond)
+            x = layer["temporal"](x, self.frames, self.spatial, True, cond)
         return x
 
     def finish_grads(self) -> None:
-        sum_grads([p for layer in self.layers for b in layer.values() for p in b.norm_params()], self.group)
+        sum_grads([p for layer in self.layers for b in layer.values() for p in b.replicated_params()], self.group)
 
     def full_grads(self) -> dict[str, torch.Tensor]:
         grads = {}
@@ -286,7 +309,17 @@ def tp_video_cost(p: Problem) -> CommCost:
             .add("fwd", "reduce_scatter", activation, n, times=2 * blocks)
             .add("bwd", "all_gather", activation, n, times=4 * blocks)
             .add("bwd", "reduce_scatter", activation, n, times=2 * blocks))
-    return cost.add("bwd", "all_reduce", blocks * 4 * m.hidden * e, n)  # 2 LayerNorms x (weight, bias)
+    return cost.add("bwd", "all_reduce", blocks * replicated_block_params(m) * e, n)
+
+
+def tp_sharded_block_params(m: ModelConfig) -> int:
+    """The block's weights TP-SP splits over the ranks: q/k/v, Wo, fc1, fc2 (at every degree)."""
+    return 2 * m.hidden * (m.heads + m.kv_heads) * m.head_dim + 2 * m.hidden * m.ffn_hidden
+
+
+def replicated_block_params(m: ModelConfig) -> int:
+    """A TPVideoBlock's replicated weights: LayerNorms (affine only), qk-norms and the adaLN modulation."""
+    return sum(math.prod(s) for s in video_block_shapes(m)) - tp_sharded_block_params(m)
 
 
 def tp_attention_act(p: Problem, temporal: bool) -> int:
@@ -302,7 +335,8 @@ def tp_attention_act(p: Problem, temporal: bool) -> int:
     tokens = B * T * S
     batch, length = (B * S, T) if temporal else (B * T, S)
     rope = temporal and video_rope_positions(p, T) > 0
-    views = (kv_heads if rope else heads + 2 * kv_heads) * tokens * hd * e  # q, k, v inside the QKV output
+    qk_new = rope or video_options(m).qk_norm  # q and k reach the kernel as new tensors, not views
+    views = (kv_heads if qk_new else heads + 2 * kv_heads) * tokens * hd * e  # q, k, v inside the QKV output
     wo_input = tokens * heads * hd * e if temporal and min(T, S) > 1 and (rope or B > 1) else 0
     return ((heads + 2 * kv_heads) * tokens * hd * e - views + wo_input
             + softmax_core_act(batch, length, heads, length, kv_heads, hd, p.torch_dtype))
@@ -315,11 +349,12 @@ def tp_memory(p: Problem) -> MemCost:
     [B, T*S/N, C] storages per layer, the output included."""
     m, w, n, e = p.model, p.workload, p.world_size, p.elem_bytes
     d, tokens = m.hidden, w.batch_size * w.frames * w.spatial
-    attention_params = (m.heads + 2 * m.kv_heads) // n * m.head_dim * d + d * m.heads // n * m.head_dim
-    block_params = 4 * d + attention_params + 2 * m.ffn_hidden // n * d  # two LayerNorms (weight, bias)
+    block_params = replicated_block_params(m) + tp_sharded_block_params(m) // n
     mlp = gelu_mlp_act(tokens, m.ffn_hidden // n, e)
+    # qk-norm on this rank's heads over all tokens; its input is a view of the QKV output, kept anyway
+    qk_norm = qk_norm_act(tokens * (m.heads + m.kv_heads) // n, m.head_dim, p.torch_dtype, input_saved=False)
     layer = sum(video_block_act(p, tokens // n, video_rope_positions(p, w.frames) if temporal else 0,
-                                tp_attention_act(p, temporal), mlp) for temporal in (False, True))
+                                tp_attention_act(p, temporal), mlp, qk_norm) for temporal in (False, True))
     act = m.layers * (layer + 2 * tokens // n * d * e)
     return video_memory(p, 2 * m.layers * block_params * e, tokens // n, act)
 
