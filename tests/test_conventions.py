@@ -2,6 +2,7 @@
 the video models OpenSora's 1e-6 with non-affine LayerNorms), ModelConfig's default is the Llama
 value, and the video block's options (adaLN, qk-norm, affine norms) change the parameters, the
 FLOPs and the schema's checks as documented. In-process, no ranks (well under a second)."""
+
 from __future__ import annotations
 
 import math
@@ -43,12 +44,29 @@ def test_video_files_use_opensora_layer_norms_and_leave_adaln_qk_norm_off():
 
 
 def video_model(**extra) -> ModelConfig:
-    return ModelConfig("v", hidden=16, heads=4, kv_heads=2, head_dim=4, ffn_hidden=32, layers=2, kind="video",
-                       norm_eps=1e-6, extra=extra)
+    return ModelConfig(
+        "v",
+        hidden=16,
+        heads=4,
+        kv_heads=2,
+        head_dim=4,
+        ffn_hidden=32,
+        layers=2,
+        kind="video",
+        norm_eps=1e-6,
+        extra=extra,
+    )
 
 
-@pytest.mark.parametrize("extra", [{}, {"norm_affine": True}, {"adaln": True, "qk_norm": True},
-                                   {"adaln": True, "qk_norm": True, "norm_affine": True}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"norm_affine": True},
+        {"adaln": True, "qk_norm": True},
+        {"adaln": True, "qk_norm": True, "norm_affine": True},
+    ],
+)
 def test_video_layer_shapes_are_the_reference_parameters(extra):
     """video_layer_shapes (parameter sync, memory models) lists the reference's parameters in order."""
     m = video_model(**extra)
@@ -65,7 +83,10 @@ def test_adaln_flops_are_one_modulation_linear_per_block_and_sample():
     plain, dit = (Problem("dsp", m, w, 2) for m in (video_model(), video_model(adaln=True, qk_norm=True)))
     m = plain.model
     # forward + backward (3x) of Linear(C, 6C) on B rows, in 2 blocks per layer
-    assert step_flops(dit)[0] - step_flops(plain)[0] == 3 * m.layers * 2 * 2 * w.batch_size * m.hidden * 6 * m.hidden
+    assert (
+        step_flops(dit)[0] - step_flops(plain)[0]
+        == 3 * m.layers * 2 * 2 * w.batch_size * m.hidden * 6 * m.hidden
+    )
     assert math.isclose(step_flops(dit)[1], step_flops(dit)[0])
 
 
@@ -83,4 +104,3 @@ def test_schema_types_and_checks_the_convention_options():
         validate(config(kind="llama", adaln=True))
     with pytest.raises(InvalidConfig, match="model.qk_norm"):
         validate(config(kind="video", qk_norm="maybe"))
-

@@ -2,6 +2,7 @@
 against the quadratic reference): its aten-op count does not grow with L, it runs on the meta device
 (every tensor it makes is on q's device), it stays finite and accurate in float32 and bfloat16 at
 long L with a decay, and the optional fla GPU backend is only chosen on CUDA after its self-check."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -11,7 +12,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from methods.common import linear_attention as la
-from methods.common.linear_attention import LinearKernel, head_decays, linear_backend_name, naive_linear_attention
+from methods.common.linear_attention import (
+    LinearKernel,
+    head_decays,
+    linear_backend_name,
+    naive_linear_attention,
+)
 
 
 class OpCount(TorchDispatchMode):
@@ -81,13 +87,18 @@ def test_long_sequences_stay_accurate_in_low_precision(dtype, tolerance, decay):
 
 # ---- the optional fla backend, plumbing only (a stand-in for fla's chunk_simple_gla on CPU) ----------
 
+
 def fla_stand_in(calls: list, ignore_decay: bool = False):
     """fla's signature and semantics: q/k/v [B, T, H, D], g_gamma the per-head natural-log decay."""
-    def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False):
+
+    def chunk_simple_gla(
+        q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False
+    ):
         calls.append(q.device)
         assert g is None and initial_state is None and not output_final_state
         decay = None if g_gamma is None or ignore_decay else g_gamma.double().exp()
         return naive_linear_attention(q, k, v, True, decay) * scale, None
+
     return chunk_simple_gla
 
 
@@ -149,6 +160,7 @@ def test_a_wrong_fla_is_refused_by_the_self_check(fla):
 def test_a_raising_fla_is_refused(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no Triton here")
+
     monkeypatch.setattr(la, "_fla_kernel", lambda: broken)
     with pytest.warns(RuntimeWarning, match="no Triton here"):
         assert la._fla_self_check(torch.device("cpu"), torch.float32, 8) is False

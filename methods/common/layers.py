@@ -3,11 +3,12 @@
 The reference is deliberately plain: float64-capable math attention, no fused kernels, so that a
 parallel block that matches it is right, not merely consistent with itself.
 """
+
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,9 @@ LocalAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torc
 AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, LocalAttention], torch.Tensor]
 
 
-def local_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention) -> torch.Tensor:
+def local_core(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention
+) -> torch.Tensor:
     """The core of a rank that holds every token its attention needs: the layer's fast kernel (the
     reference path, taken when no core is given, is the plain math one)."""
     return local(q, k, v, causal)
@@ -42,9 +45,13 @@ class RMSNorm(nn.Module):
         return y.to(x.dtype) * self.weight
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [L, head_dim/2] for the given global token positions (any order)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
+    )
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -97,7 +104,9 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if qk_norm else None
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None
+    ) -> torch.Tensor:
         """Without `core` this is the single-device reference; sequence-parallel methods pass a
         distributed core and keep everything else (norms, projections, RoPE, MLP) as it is."""
         B, L, _ = x.shape
@@ -124,7 +133,9 @@ class LlamaBlock(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.hidden, cfg.ffn_hidden)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None
+    ) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), positions, causal, core)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -136,8 +147,13 @@ class ReferenceModel(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor, causal: bool, positions: torch.Tensor | None = None,
-                core: AttentionCore | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool,
+        positions: torch.Tensor | None = None,
+        core: AttentionCore | None = None,
+    ) -> torch.Tensor:
         if positions is None:
             positions = torch.arange(x.shape[1], device=x.device)
         for block in self.blocks:
@@ -154,14 +170,27 @@ def init_weights_(model: nn.Module, seed: int) -> nn.Module:
             if p.dim() == 1:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu"))
             else:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu") / math.sqrt(p.shape[-1]))
+                p.copy_(
+                    torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu")
+                    / math.sqrt(p.shape[-1])
+                )
     return model
 
 
 def llama_block_shapes(m: ModelConfig) -> list[tuple[int, ...]]:
     """Parameter shapes of one Llama block, in registration order."""
     d, q, kv = m.hidden, m.heads * m.head_dim, m.kv_heads * m.head_dim
-    return [(d,), (q, d), (kv, d), (kv, d), (d, q), (d,), (m.ffn_hidden, d), (m.ffn_hidden, d), (d, m.ffn_hidden)]
+    return [
+        (d,),
+        (q, d),
+        (kv, d),
+        (kv, d),
+        (d, q),
+        (d,),
+        (m.ffn_hidden, d),
+        (m.ffn_hidden, d),
+        (d, m.ffn_hidden),
+    ]
 
 
 def llama_block_params(m: ModelConfig) -> int:
@@ -194,7 +223,9 @@ def linear_block(cfg: ModelConfig) -> LlamaBlock:
 
 def is_softmax_layer(cfg: ModelConfig, index: int) -> bool:
     """Hybrid stacks put a softmax layer at every `hybrid_period`-th layer (LASP-2's 1/4 hybrid: LLLN)."""
-    return cfg.kind == "llama" or (cfg.kind == "hybrid" and (index + 1) % cfg.extra.get("hybrid_period", 4) == 0)
+    return cfg.kind == "llama" or (
+        cfg.kind == "hybrid" and (index + 1) % cfg.extra.get("hybrid_period", 4) == 0
+    )
 
 
 # model kind -> builder of layer `index`
@@ -205,8 +236,13 @@ BLOCK_BUILDERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
 }
 
 
-def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float64,
-                    device: torch.device | str = "cpu", workload: Workload | None = None) -> nn.Module:
+def build_reference(
+    cfg: ModelConfig,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    workload: Workload | None = None,
+) -> nn.Module:
     """The single-device reference stack for `cfg.kind`, identical on every rank for a given seed
     (video models take their frame and spatial sizes from the workload)."""
     if cfg.kind not in BLOCK_BUILDERS and cfg.kind != "video":
@@ -214,6 +250,7 @@ def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.
     with torch.device("cpu"):  # weights come from a CPU generator, whatever the default device is
         if cfg.kind == "video":
             from .video import VideoModel
+
             model = VideoModel(cfg, workload, seed)
         else:
             model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
@@ -221,7 +258,9 @@ def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.
     return to_(model, device, dtype)
 
 
-def to_(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+def to_(
+    module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> nn.Module:
     """`module.to(device, dtype)` by rebinding each parameter and buffer (floating parameters take
     `dtype`; buffers keep theirs: a float64 decay stays exact), in place. Module.to() swaps tensors in
     place, which fake tensors (mode=dryrun) refuse."""

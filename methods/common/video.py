@@ -20,6 +20,7 @@ opensora/models/stdit/) and DiT (facebookresearch/DiT models.py) where they choo
 The modulation is per sample and the same for any sequence sharding, so it needs no communication;
 its weight gradients are summed over the ranks like every other replicated weight.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, Workload
+from .config import InvalidConfig, ModelConfig, Problem, Workload
 from .layers import Attention, AttentionCore
 
 
@@ -45,6 +46,21 @@ class VideoOptions:
 def video_options(cfg: ModelConfig) -> VideoOptions:
     given = {k: cfg.extra[k] for k in VideoOptions.__dataclass_fields__ if k in cfg.extra}
     return VideoOptions(**{k: bool(v) for k, v in given.items()})
+
+
+def video_shape(p: Problem) -> tuple[int, int, int]:
+    """(B, T, S) of a video problem."""
+    w = p.workload
+    return w.batch_size, w.frames, w.spatial
+
+
+def check_video(p: Problem) -> None:
+    """Every video method's first check: a video workload has frames and spatial tokens."""
+    if p.workload.frames < 1 or p.workload.spatial < 1:
+        raise InvalidConfig(
+            f"the video workload needs frames >= 1 and spatial >= 1, got "
+            f"frames={p.workload.frames} spatial={p.workload.spatial}"
+        )
 
 
 class GeluMLP(nn.Module):
@@ -83,8 +99,13 @@ class VideoBlock(nn.Module):
         self.mlp = GeluMLP(cfg.hidden, cfg.ffn_hidden)
         self.modulation = nn.Linear(cfg.hidden, 6 * cfg.hidden) if opts.adaln else None
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, core: AttentionCore | None = None,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        core: AttentionCore | None = None,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x [B*R, L, C]: R sequences of L tokens for each of the B samples; `cond` the model's
         SiLU(c) [B, C] when the block modulates."""
         if self.modulation is None:
@@ -102,15 +123,21 @@ class VideoLayer(nn.Module):
         self.temporal = VideoBlock(cfg, rope=video_options(cfg).temporal_rope)
 
 
-def spatial_stage(block: VideoBlock, x: torch.Tensor, core: AttentionCore | None = None,
-                  cond: torch.Tensor | None = None) -> torch.Tensor:
+def spatial_stage(
+    block: VideoBlock, x: torch.Tensor, core: AttentionCore | None = None, cond: torch.Tensor | None = None
+) -> torch.Tensor:
     """x [B, T', S, C] with whole frames: attention over S for each (b, t)."""
     B, T, S, C = x.shape
     return block(x.reshape(B * T, S, C), torch.arange(S, device=x.device), core, cond).view(B, T, S, C)
 
 
-def temporal_stage(block: VideoBlock, x: torch.Tensor, frame_positions: torch.Tensor,
-                   core: AttentionCore | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+def temporal_stage(
+    block: VideoBlock,
+    x: torch.Tensor,
+    frame_positions: torch.Tensor,
+    core: AttentionCore | None = None,
+    cond: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x [B, T', S', C]: attention over the frames for each (b, s); `frame_positions` are the global
     indices of the T' frames held (RoPE), the whole T unless `core` spans ranks."""
     B, T, S, C = x.shape
@@ -134,11 +161,18 @@ class VideoModel(nn.Module):
         cond = None
         if video_options(cfg).adaln:  # float64 like the weights' source; its own stream of the seed
             gen = torch.Generator().manual_seed(seed + 1)
-            cond = torch.randn(workload.batch_size, cfg.hidden, generator=gen, dtype=torch.float64, device="cpu")
+            cond = torch.randn(
+                workload.batch_size, cfg.hidden, generator=gen, dtype=torch.float64, device="cpu"
+            )
         self.register_buffer("cond", cond, persistent=False)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, positions: torch.Tensor | None = None,
-                core: AttentionCore | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        positions: torch.Tensor | None = None,
+        core: AttentionCore | None = None,
+    ) -> torch.Tensor:
         B, _, C = x.shape
         x = x.view(B, self.frames, self.spatial, C)
         frames = torch.arange(self.frames, device=x.device)
@@ -155,7 +189,18 @@ def video_block_shapes(m: ModelConfig) -> list[tuple[int, ...]]:
     norm = [(d,), (d,)] if opts.norm_affine else []
     qk = [(hd,), (hd,)] if opts.qk_norm else []
     modulation = [(6 * d, d), (6 * d,)] if opts.adaln else []
-    return [*norm, (q, d), (kv, d), (kv, d), (d, q), *qk, *norm, (m.ffn_hidden, d), (d, m.ffn_hidden), *modulation]
+    return [
+        *norm,
+        (q, d),
+        (kv, d),
+        (kv, d),
+        (d, q),
+        *qk,
+        *norm,
+        (m.ffn_hidden, d),
+        (d, m.ffn_hidden),
+        *modulation,
+    ]
 
 
 def video_layer_shapes(m: ModelConfig) -> list[tuple[int, ...]]:
