@@ -122,10 +122,12 @@ def _ranges(cfg: DictConfig) -> None:
     elif "seq_len" in workload:
         _check(workload.seq_len >= 1, "workload.seq_len", workload.seq_len, "at least 1")
     if "decay_rule" in model:
-        _check(model.decay_rule in DECAY_RULES, "model.decay_rule", model.decay_rule, f"one of {', '.join(DECAY_RULES)}")
+        rules = ", ".join(DECAY_RULES)
+        _check(model.decay_rule in DECAY_RULES, "model.decay_rule", model.decay_rule, f"one of {rules}")
     for key in ("adaln", "qk_norm", "norm_affine"):  # the video block's options (methods/common/video.py)
         if model.get(key) and model.get("kind") != "video":
-            raise InvalidConfig(f"model.{key}=true applies to video models only, not kind={model.get('kind')!r}")
+            kind = model.get("kind")
+            raise InvalidConfig(f"model.{key}=true applies to video models only, not kind={kind!r}")
     for key in ("hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "layers", "hybrid_period"):
         if key in model:
             _check(model[key] >= 1, f"model.{key}", model[key], "at least 1")

@@ -2,8 +2,8 @@
 input and act (saved activations + output) when the forward ends, grad (parameter gradients + input
 gradient) after the step. Tiny shapes at world sizes 1, 2, 4 and 8, causal and not, float32 and
 bfloat16, GQA, ZeRO-3, every rank; the video block's variants (dsp; ulysses, ring, tp_sp on frames)
-with padded DSP shards, a single video, no temporal RoPE, adaLN and qk-norm; and one paper-scale point each for
-ulysses, usp and ring. DSP's ranks hold unequal spatial shards when N does not divide S: each rank
+with padded DSP shards, a single video, no temporal RoPE, adaLN and qk-norm; and one paper-scale
+point each for ulysses, usp and ring. DSP's ranks hold unequal spatial shards when N does not divide S: each rank
 equals its own model (`methods.dsp.rank_memory`), and the registered one is the busiest rank. All
 dryruns of the file run in one in-process `entry_single` call (fake tensors, fake process group)."""
 from __future__ import annotations
@@ -58,7 +58,8 @@ CASES: dict[str, dict[str, Problem]] = {
         "video-all-N4-f32-B1": video("ulysses", 4, F32, batch_size=1, video_attention="all"),
         "video-N8-bf16-kv-repeated": video("ulysses", 8, BF16),
         "video-dit-N2-f32": video("ulysses", 2, F32, model=VIDEO_DIT),
-        "video-dit-all-N2-bf16-no-rope": video("ulysses", 2, BF16, model=VIDEO_DIT_NO_ROPE, video_attention="all"),
+        "video-dit-all-N2-bf16-no-rope": video("ulysses", 2, BF16, model=VIDEO_DIT_NO_ROPE,
+                                               video_attention="all"),
     },
     "ring": {
         "N1-bf16": problem("ring", 1, dtype=BF16),
@@ -106,7 +107,8 @@ CASES: dict[str, dict[str, Problem]] = {
         # buffer, which makes the last rank the busiest
         "N8-f32-T1-S10-padded": video("dsp", 8, F32, frames=1, spatial=10),
         "dit-N2-bf16": video("dsp", 2, BF16, model=VIDEO_DIT),
-        "dit-N4-f32-T5-S6-padded-B1": video("dsp", 4, F32, frames=5, spatial=6, batch_size=1, model=VIDEO_DIT),
+        "dit-N4-f32-T5-S6-padded-B1": video("dsp", 4, F32, frames=5, spatial=6, batch_size=1,
+                                            model=VIDEO_DIT),
     },
     "odysseus": {
         "N2-bf16": problem("odysseus", 2, dtype=BF16),

@@ -248,7 +248,8 @@ def video_block_act(p: Problem, tokens: int, positions: int, attention: int, mlp
     residual = tokens * m.hidden * e
     stats = acc_bytes(p.torch_dtype) if p.on_gpu else e
     norms = 2 * layer_norm_act(tokens, m.hidden, e, stats)
-    return norms + residual + rope_act(positions, m.head_dim, e) + mlp + attention + qk_norm + adaln_block_act(p, tokens)
+    rope = rope_act(positions, m.head_dim, e)
+    return norms + residual + rope + mlp + attention + qk_norm + adaln_block_act(p, tokens)
 
 
 def video_memory(p: Problem, weights: int, tokens: int, act: int) -> MemCost:
