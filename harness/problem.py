@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import methods
 
-from .groups import CHECKED_GROUPS, method_name, option_keys, options
+from .groups import CHECKED_GROUPS, method_name, option_error, option_keys, options
 from methods.common.config import DTYPES, InvalidConfig, ModelConfig, Problem, Workload
 
 MODEL_KEYS = ("name", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "layers", "kind", "rope_theta", "norm_eps")
@@ -20,6 +20,8 @@ def _unknown_choice(cfg: DictConfig) -> None:
             methods.variants(method_name(bad))  # a method that failed to import: says why
         if bad is not None:
             raise InvalidConfig(f"unknown {group} {bad!r}; available: {', '.join(options(group))}")
+    for key, value in (cfg.get("refused") or {}).get("method", {}).items():  # see rewrite_unknown_choices
+        raise InvalidConfig(option_error(cfg.method.name, key, value) or f"method.{key}={value!r} refused")
     unknown = list(cfg.get("unknown_options") or [])
     for group in CHECKED_GROUPS[1:]:  # `+group.key=...` the group's file lacks (a method's options refuse theirs)
         choice = cfg[group].get("name")

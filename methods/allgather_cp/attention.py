@@ -6,6 +6,7 @@ With queries at global positions [a, a+C) the causal mask against all keys is bo
 it is computed as two kernel calls merged by their LSE, keys [0, a) unmasked and keys [a, a+C) as a
 square causal block, because kernels disagree on causal alignment for non-square blocks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,9 @@ from methods.common.collectives import all_gather_dim, reduce_scatter_dim
 from methods.common.layers import LocalAttention
 
 
-def query_pieces(index: torch.Tensor, chunks: int, causal: bool, length: int) -> list[tuple[slice, slice, bool]]:
+def query_pieces(
+    index: torch.Tensor, chunks: int, causal: bool, length: int
+) -> list[tuple[slice, slice, bool]]:
     """(local query rows, global key columns, square-causal?) pieces covering the rank's attention.
     `index` holds the rank's global positions as `chunks` contiguous runs."""
     if not causal:
@@ -63,11 +66,20 @@ class AllGatherAttention(torch.autograd.Function):
         q, k_all, v_all, out, lse, order = ctx.saved_tensors
         acc = acc_dtype(q.dtype)
         dq = torch.zeros_like(q, dtype=acc)
-        dkv_global = torch.zeros((*k_all.shape[:2], 2 * k_all.shape[2], k_all.shape[3]), dtype=acc, device=q.device)
+        dkv_global = torch.zeros(
+            (*k_all.shape[:2], 2 * k_all.shape[2], k_all.shape[3]), dtype=acc, device=q.device
+        )
         dk_all, dv_all = dkv_global.chunk(2, dim=2)
         for rows, cols, square in ctx.pieces:
-            dq_b, dk_b, dv_b = attn_backward(dout[:, rows], q[:, rows], k_all[:, cols], v_all[:, cols],
-                                             out[:, rows], lse[:, :, rows], square)
+            dq_b, dk_b, dv_b = attn_backward(
+                dout[:, rows],
+                q[:, rows],
+                k_all[:, cols],
+                v_all[:, cols],
+                out[:, rows],
+                lse[:, :, rows],
+                square,
+            )
             dq[:, rows] += dq_b
             dk_all[:, cols] += dk_b
             dv_all[:, cols] += dv_b
@@ -77,8 +89,16 @@ class AllGatherAttention(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), None, None, None, None
 
 
-def allgather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention,
-                        group: dist.ProcessGroup, indices: list[torch.Tensor], chunks: int) -> torch.Tensor:
+def allgather_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    local: LocalAttention,
+    group: dist.ProcessGroup,
+    indices: list[torch.Tensor],
+    chunks: int,
+) -> torch.Tensor:
     """Distributed core: q [B, L/N, H, D], k/v [B, L/N, Hkv, D] at the group ranks' `indices`, each
     made of `chunks` contiguous runs. Softmax attention only (it merges LSEs), so the layer's `local`
     kernel is not used."""

@@ -1,6 +1,7 @@
 """LASP-1 (arXiv 2404.02882; methods/lasp1/attention.py): linear-attention sequence parallelism by
 passing the memory state rank to rank, W-1 dependent hops each way (the chain LASP-2 replaces by one
 all-gather). Causal only; LASP-2's contiguous layout. Models: methods/lasp1/cost.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,15 +28,35 @@ class Lasp1Options(ShardedOptions):
 
 def validate(p: Problem) -> None:
     if not p.workload.causal:
-        raise InvalidConfig("lasp1 is causal only (its state chain runs forward); use lasp2 for bidirectional")
+        raise InvalidConfig(
+            "lasp1 is causal only (its state chain runs forward); use lasp2 for bidirectional"
+        )
     lasp2_validate(p)
 
 
 def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceModel:
     group = dist.group.WORLD
-    return ReplicatedSequenceModel(reference, layout(p)[dist.get_rank()], True, partial(lasp1_attention, group=group),
-                                   group, p.torch_dtype, device, zero3=p.options.zero3)
+    return ReplicatedSequenceModel(
+        reference,
+        layout(p)[dist.get_rank()],
+        True,
+        partial(lasp1_attention, group=group),
+        group,
+        p.torch_dtype,
+        device,
+        zero3=p.options.zero3,
+    )
 
 
-register(Method("lasp1", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
-                model_kinds=("linear",), options=Lasp1Options))
+register(
+    Method(
+        "lasp1",
+        validate=validate,
+        layout=layout,
+        build=build,
+        comm_cost=comm_cost,
+        memory_cost=memory_cost,
+        model_kinds=("linear",),
+        options=Lasp1Options,
+    )
+)

@@ -1,5 +1,6 @@
 """LASP-1's parallel core: rank t receives the state S_t from rank t-1 and sends
 S_{t+1} = lambda^C S_t + M_t on to t+1; backward, the gradient suffix G goes the other way."""
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,11 @@ class LASP1Attention(torch.autograd.Function):
         if t > 0:
             dist.recv(state, dist.get_global_rank(group, t - 1), group=group)
         if t < w - 1:
-            dist.send(state_decay(kernel, c, q.device, acc) * state + memory, dist.get_global_rank(group, t + 1), group=group)
+            dist.send(
+                state_decay(kernel, c, q.device, acc) * state + memory,
+                dist.get_global_rank(group, t + 1),
+                group=group,
+            )
         out = kernel(q, k, v, True) + torch.einsum("bqhd,bhde->bqhe", q.to(acc) * a, state).to(q.dtype)
         ctx.save_for_backward(q, k, v, state)
         ctx.kernel, ctx.group = kernel, group
@@ -38,7 +43,11 @@ class LASP1Attention(torch.autograd.Function):
         if t < w - 1:
             dist.recv(g, dist.get_global_rank(group, t + 1), group=group)
         if t > 0:
-            dist.send(state_decay(kernel, c, q.device, acc) * g + dmemory, dist.get_global_rank(group, t - 1), group=group)
+            dist.send(
+                state_decay(kernel, c, q.device, acc) * g + dmemory,
+                dist.get_global_rank(group, t - 1),
+                group=group,
+            )
         with torch.enable_grad():
             qi, ki, vi = (x.detach().requires_grad_() for x in (q, k, v))
             dq_i, dk_i, dv_i = torch.autograd.grad(kernel(qi, ki, vi, True), (qi, ki, vi), dout)
@@ -48,8 +57,14 @@ class LASP1Attention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def lasp1_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention,
-                    group: dist.ProcessGroup) -> torch.Tensor:
+def lasp1_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    local: LocalAttention,
+    group: dist.ProcessGroup,
+) -> torch.Tensor:
     rep = q.shape[2] // k.shape[2]
     k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     return LASP1Attention.apply(q, k, v, local, group)

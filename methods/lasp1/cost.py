@@ -1,5 +1,6 @@
 """LASP-1's communication model (one state hop each way per linear layer) and memory model (what
 LASP-2 keeps: q, k, v of the chunk and the incoming state per layer)."""
+
 from __future__ import annotations
 
 from methods.common.config import Problem

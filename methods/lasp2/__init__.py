@@ -2,6 +2,7 @@
 the per-rank memory states forward and one of their gradients backward; LASP-2H runs the softmax
 layers of hybrid stacks with all-gather CP on the same contiguous layout. Communication and memory
 models: methods/lasp2/cost.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ class Lasp2Options(ShardedOptions):
 
 def validate(p: Problem) -> None:
     if p.model.extra.get("decay") and not p.workload.causal:
-        raise InvalidConfig("decay is defined for causal linear attention only (set workload.causal=true or model.decay=false)")
+        raise InvalidConfig(
+            "decay is defined for causal linear attention only (set workload.causal=true or model.decay=false)"
+        )
     layouts.check_divisible("contiguous", p.workload.seq_len, p.world_size)
 
 
@@ -41,11 +44,36 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     group, indices = dist.group.WORLD, layout(p)
     softmax_core = partial(allgather_attention, group=group, indices=indices, chunks=1)
     core = partial(lasp2_attention, group=group, softmax_core=softmax_core)
-    return ReplicatedSequenceModel(reference, indices[dist.get_rank()], p.workload.causal, core, group,
-                                   p.torch_dtype, device, zero3=p.options.zero3)
+    return ReplicatedSequenceModel(
+        reference,
+        indices[dist.get_rank()],
+        p.workload.causal,
+        core,
+        group,
+        p.torch_dtype,
+        device,
+        zero3=p.options.zero3,
+    )
 
 
-register(Method("lasp2", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
-                model_kinds=("linear", "hybrid"), options=Lasp2Options))
+register(
+    Method(
+        "lasp2",
+        validate=validate,
+        layout=layout,
+        build=build,
+        comm_cost=comm_cost,
+        memory_cost=memory_cost,
+        model_kinds=("linear", "hybrid"),
+        options=Lasp2Options,
+    )
+)
 
-__all__ = ["Lasp2Options", "chunk_factors", "lasp2_attention", "state_attention_act", "state_bytes", "state_decay"]
+__all__ = [
+    "Lasp2Options",
+    "chunk_factors",
+    "lasp2_attention",
+    "state_attention_act",
+    "state_bytes",
+    "state_decay",
+]

@@ -11,6 +11,7 @@ States travel in the accumulation dtype (float32; float64 for float64 runs), per
 LASP-2H (hybrid stacks): linear layers as above, softmax layers with all-gather K/V context
 parallelism (methods/allgather_cp) on the same contiguous layout.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,9 @@ def state_decay(kernel: LinearKernel, tokens: int, device, dtype) -> torch.Tenso
     """lambda^tokens per head as [1, H, 1, 1] (1 without decay): a state crossing `tokens` tokens."""
     if kernel.decay is None:
         return 1.0
-    return torch.exp(tokens * torch.log(kernel.decay.to(device=device, dtype=torch.float64)))[None, :, None, None].to(dtype)
+    return torch.exp(tokens * torch.log(kernel.decay.to(device=device, dtype=torch.float64)))[
+        None, :, None, None
+    ].to(dtype)
 
 
 def chunk_factors(kernel: LinearKernel, c: int, device, dtype) -> tuple:
@@ -37,12 +40,16 @@ def chunk_factors(kernel: LinearKernel, c: int, device, dtype) -> tuple:
     return a.to(dtype), b.to(dtype)
 
 
-def weighted_prefix(states: torch.Tensor, kernel: LinearKernel, rank: int, chunk: int, before: bool) -> torch.Tensor:
+def weighted_prefix(
+    states: torch.Tensor, kernel: LinearKernel, rank: int, chunk: int, before: bool
+) -> torch.Tensor:
     """sum over ranks j < rank (before) or j > rank of lambda^(C(|rank - j| - 1)) states[j]."""
     others = range(rank) if before else range(rank + 1, states.shape[0])
     total = torch.zeros_like(states[0])
     for j in others:
-        total = total + state_decay(kernel, chunk * (abs(rank - j) - 1), states.device, states.dtype) * states[j]
+        total = (
+            total + state_decay(kernel, chunk * (abs(rank - j) - 1), states.device, states.dtype) * states[j]
+        )
     return total
 
 
@@ -88,8 +95,15 @@ class LASP2Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-def lasp2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention,
-                    group: dist.ProcessGroup, softmax_core) -> torch.Tensor:
+def lasp2_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    local: LocalAttention,
+    group: dist.ProcessGroup,
+    softmax_core,
+) -> torch.Tensor:
     """Distributed core for linear (LASP-2) and, in hybrid stacks, softmax layers (`softmax_core`)."""
     if not isinstance(local, LinearKernel):
         return softmax_core(q, k, v, causal, local)

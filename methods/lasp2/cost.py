@@ -1,5 +1,6 @@
 """LASP-2's communication and memory models: one state all-gather each way per linear layer, the
 all-gather CP models for the softmax layers of hybrid stacks."""
+
 from __future__ import annotations
 
 from methods.allgather_cp import attention_act as allgather_act
@@ -26,7 +27,9 @@ def comm_cost(p: Problem) -> CommCost:
         if is_softmax_layer(m, i):
             cost += allgather_cost(AttentionCall.of(p, i))
         else:  # one all-gather of the states forward, one of their gradients backward: no L in it
-            cost.add("fwd", "all_gather", n * state_bytes(p), n).add("bwd", "all_gather", n * state_bytes(p), n)
+            cost.add("fwd", "all_gather", n * state_bytes(p), n).add(
+                "bwd", "all_gather", n * state_bytes(p), n
+            )
     return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
 
 
@@ -44,8 +47,15 @@ def memory_cost(p: Problem) -> MemCost:
     view of the whole arange."""
     m, w, n = p.model, p.workload, p.world_size
     tokens_local = w.seq_len // n
-    layers = [llama_layer_act(p, w.batch_size * tokens_local, tokens_local,
-                              allgather_act(AttentionCall.of(p, i)) if is_softmax_layer(m, i) else state_attention_act(p))
-              for i in range(m.layers)]
-    return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
-                             positions_storage(w.seq_len, n), layers)
+    layers = [
+        llama_layer_act(
+            p,
+            w.batch_size * tokens_local,
+            tokens_local,
+            allgather_act(AttentionCall.of(p, i)) if is_softmax_layer(m, i) else state_attention_act(p),
+        )
+        for i in range(m.layers)
+    ]
+    return replicated_memory(
+        p, llama_block_shapes(m), w.batch_size * tokens_local, positions_storage(w.seq_len, n), layers
+    )

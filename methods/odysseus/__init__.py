@@ -4,6 +4,7 @@ whole on the rank's own tokens (no activation traffic) with its weights ZeRO-3 s
 FSDP2: gathered for forward, gathered again for backward, gradients reduce-scattered with SUM
 semantics. Norm weights stay replicated (one SUM all-reduce of their gradients). Models:
 methods/odysseus/cost.py."""
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,15 @@ def build(p: Problem, reference: nn.Module, device: torch.device) -> TPSPModel:
     return TPSPModel(reference, p.workload.causal, dist.group.WORLD, p.torch_dtype, device, make_mlp=ZeRO3MLP)
 
 
-register(Method("odysseus", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
-                memory_cost=memory_cost))
+register(
+    Method(
+        "odysseus",
+        validate=validate,
+        layout=layout,
+        build=build,
+        comm_cost=comm_cost,
+        memory_cost=memory_cost,
+    )
+)
 
 __all__ = ["ZeRO3MLP", "mlp_shapes"]

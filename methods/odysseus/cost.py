@@ -1,4 +1,5 @@
 """Odysseus' communication and memory models: TP-SP's attention, the MLP's FSDP2 unit traffic."""
+
 from __future__ import annotations
 
 from methods.common.attention_call import AttentionCall

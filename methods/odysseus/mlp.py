@@ -1,4 +1,5 @@
 """Odysseus' MLP: the reference SwiGLU whole on the rank's own tokens, its weights ZeRO-3 sharded."""
+
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,9 @@ from methods.common.zero3 import full_grad, shard_
 class ZeRO3MLP(nn.Module):
     """The reference SwiGLU on local tokens, one FSDP2 unit over the SP group."""
 
-    def __init__(self, ref_mlp: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, ref_mlp: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device
+    ):
         super().__init__()
         self.mlp = shard_(copy_to(ref_mlp, device, dtype), group, device)
 

@@ -1,6 +1,7 @@
 """Megatron tensor + sequence parallelism (arXiv 2205.05198; the block in methods/tp_sp/model.py):
 column-parallel linears gather the sequence, row-parallel ones reduce-scatter it. Layout: contiguous
 sequence shards. Communication and memory models: methods/tp_sp/cost.py."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,10 @@ def check_tp(p: Problem) -> None:
 def validate(p: Problem) -> None:
     check_tp(p)
     if p.model.ffn_hidden % p.world_size:
-        raise InvalidConfig(f"ffn_hidden={p.model.ffn_hidden} is not divisible by the TP degree {p.world_size}: "
-                            "column-parallel linears give each rank an equal slice")
+        raise InvalidConfig(
+            f"ffn_hidden={p.model.ffn_hidden} is not divisible by the TP degree {p.world_size}: "
+            "column-parallel linears give each rank an equal slice"
+        )
 
 
 @layouts.real_indices
@@ -38,8 +41,24 @@ def build(p: Problem, reference: nn.Module, device: torch.device) -> TPSPModel:
     return TPSPModel(reference, p.workload.causal, dist.group.WORLD, p.torch_dtype, device)
 
 
-register(Method("tp_sp", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
-                model_kinds=("llama", "linear", "hybrid")))
+register(
+    Method(
+        "tp_sp",
+        validate=validate,
+        layout=layout,
+        build=build,
+        comm_cost=comm_cost,
+        memory_cost=memory_cost,
+        model_kinds=("llama", "linear", "hybrid"),
+    )
+)
 
-__all__ = ["TPSPModel", "attention_act", "attention_cost", "check_tp", "column_linear_sp", "norm_sync_cost",
-           "tp_memory"]
+__all__ = [
+    "TPSPModel",
+    "attention_act",
+    "attention_cost",
+    "check_tp",
+    "column_linear_sp",
+    "norm_sync_cost",
+    "tp_memory",
+]

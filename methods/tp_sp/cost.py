@@ -1,25 +1,40 @@
 """TP-SP's communication model (hidden-state all-gathers and reduce-scatters, the norm-gradient
 all-reduce) and memory model (shared with Odysseus: `tp_memory`)."""
+
 from __future__ import annotations
 
 from methods.common.attention_call import AttentionCall
 from methods.common.config import Problem
 from methods.common.cost import CommCost
-from methods.common.memory import (MemCost, decay_buffers, linear_kernel_act, llama_layer_act, residual_act,
-                                   softmax_core_act, swiglu_act)
+from methods.common.memory import (
+    MemCost,
+    decay_buffers,
+    linear_kernel_act,
+    llama_layer_act,
+    residual_act,
+    softmax_core_act,
+    swiglu_act,
+)
 
 
 def attention_cost(call: AttentionCall) -> CommCost:
     """Per layer: g before QKV (AG fwd, RS bwd), g-bar after Wo (RS fwd, AG bwd), the re-gather (AG
     bwd), each of S, one full [B, L, d] hidden state (the unit of every TP-SP collective)."""
     s, n = call.batch * call.length * call.hidden * call.elem, call.n
-    return (CommCost().add("fwd", "all_gather", s, n).add("fwd", "reduce_scatter", s, n)
-            .add("bwd", "all_gather", s, n, times=2).add("bwd", "reduce_scatter", s, n))
+    return (
+        CommCost()
+        .add("fwd", "all_gather", s, n)
+        .add("fwd", "reduce_scatter", s, n)
+        .add("bwd", "all_gather", s, n, times=2)
+        .add("bwd", "reduce_scatter", s, n)
+    )
 
 
 def norm_sync_cost(p: Problem) -> CommCost:
     """One SUM all-reduce of the two norm weights' gradients of every layer."""
-    return CommCost().add("bwd", "all_reduce", 2 * p.model.layers * p.model.hidden * p.elem_bytes, p.world_size)
+    return CommCost().add(
+        "bwd", "all_reduce", 2 * p.model.layers * p.model.hidden * p.elem_bytes, p.world_size
+    )
 
 
 def comm_cost(p: Problem) -> CommCost:
@@ -48,8 +63,9 @@ def tp_layer_act(p: Problem, mlp: int, index: int) -> int:
     """Layer `index` of TP-SP: norms on the sequence shard, RoPE tables over the whole sequence, the
     attention above and the method's MLP."""
     w = p.workload
-    return llama_layer_act(p, w.batch_size * w.seq_len // p.world_size, w.seq_len,
-                           attention_act(AttentionCall.of(p, index)), mlp)
+    return llama_layer_act(
+        p, w.batch_size * w.seq_len // p.world_size, w.seq_len, attention_act(AttentionCall.of(p, index)), mlp
+    )
 
 
 def tp_memory(p: Problem, mlp_params: int, mlp_act: int) -> MemCost:
@@ -60,8 +76,12 @@ def tp_memory(p: Problem, mlp_params: int, mlp_act: int) -> MemCost:
     weights = m.layers * (2 * m.hidden + attention + mlp_params) * e
     tokens = w.batch_size * w.seq_len // n
     stream = tokens * m.hidden * e
-    act = sum(tp_layer_act(p, mlp_act, i) for i in range(m.layers)) + residual_act(tokens, m.hidden, m.layers, p.torch_dtype)
-    return MemCost(param=weights + decay_buffers(p, m.heads // n), input=2 * stream, act=act, grad=weights + stream)
+    act = sum(tp_layer_act(p, mlp_act, i) for i in range(m.layers)) + residual_act(
+        tokens, m.hidden, m.layers, p.torch_dtype
+    )
+    return MemCost(
+        param=weights + decay_buffers(p, m.heads // n), input=2 * stream, act=act, grad=weights + stream
+    )
 
 
 def memory_cost(p: Problem) -> MemCost:

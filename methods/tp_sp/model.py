@@ -7,6 +7,7 @@ memory-saving re-gather); row-parallel linears (Wo, W2) end in a reduce-scatter 
 Per layer: 6 all-gathers + 4 reduce-scatters of one full hidden state, plus one SUM all-reduce of
 the replicated norm-weight gradients per step.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -49,7 +50,9 @@ class TensorParallelAttention(nn.Module):
     """Megatron attention: packed per-rank QKV column linear, local heads over the whole sequence,
     row-parallel Wo with a reduce-scatter back to the sequence shard."""
 
-    def __init__(self, ref_attn: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, ref_attn: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device
+    ):
         super().__init__()
         c, n, r = ref_attn.cfg, dist.get_world_size(group), dist.get_rank(group)
         self.cfg, self.group = c, group
@@ -60,7 +63,9 @@ class TensorParallelAttention(nn.Module):
             if self.local_attention.decay is not None:  # kept as this module's buffer, on its device
                 self.register_buffer("decay", self.local_attention.decay.to(device).clone(), persistent=False)
                 self.local_attention = LinearKernel(self.decay, self.local_attention.chunk)
-        wqkv = torch.cat([rows(ref_attn.wq.weight, r, n), rows(ref_attn.wk.weight, r, n), rows(ref_attn.wv.weight, r, n)])
+        wqkv = torch.cat(
+            [rows(ref_attn.wq.weight, r, n), rows(ref_attn.wk.weight, r, n), rows(ref_attn.wv.weight, r, n)]
+        )
         self.wqkv = local_param(wqkv, dtype, device)
         self.wo = local_param(cols(ref_attn.wo.weight, r, n), dtype, device)
 
@@ -68,7 +73,9 @@ class TensorParallelAttention(nn.Module):
         c = self.cfg
         qkv = column_linear_sp(x_local, self.wqkv, self.group)  # [B, L, (h + 2 hkv) D]
         B, L, _ = qkv.shape
-        q, k, v = qkv.split([self.heads * c.head_dim, self.kv_heads * c.head_dim, self.kv_heads * c.head_dim], -1)
+        q, k, v = qkv.split(
+            [self.heads * c.head_dim, self.kv_heads * c.head_dim, self.kv_heads * c.head_dim], -1
+        )
         q, k, v = q.view(B, L, -1, c.head_dim), k.view(B, L, -1, c.head_dim), v.view(B, L, -1, c.head_dim)
         cos, sin = rope_cos_sin(torch.arange(L, device=qkv.device), c.head_dim, c.rope_theta, qkv.dtype)
         o = self.local_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, causal)
@@ -77,18 +84,24 @@ class TensorParallelAttention(nn.Module):
     def full_grads(self, prefix: str) -> dict[str, torch.Tensor]:
         hd = self.cfg.head_dim
         gq, gk, gv = self.wqkv.grad.split([self.heads * hd, self.kv_heads * hd, self.kv_heads * hd], 0)
-        return {f"{prefix}.wq.weight": all_gather_dim(gq, 0, self.group),
-                f"{prefix}.wk.weight": all_gather_dim(gk, 0, self.group),
-                f"{prefix}.wv.weight": all_gather_dim(gv, 0, self.group),
-                f"{prefix}.wo.weight": all_gather_dim(self.wo.grad, 1, self.group)}
+        return {
+            f"{prefix}.wq.weight": all_gather_dim(gq, 0, self.group),
+            f"{prefix}.wk.weight": all_gather_dim(gk, 0, self.group),
+            f"{prefix}.wv.weight": all_gather_dim(gv, 0, self.group),
+            f"{prefix}.wo.weight": all_gather_dim(self.wo.grad, 1, self.group),
+        }
 
 
 class TensorParallelMLP(nn.Module):
-    def __init__(self, ref_mlp: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, ref_mlp: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device
+    ):
         super().__init__()
         n, r = dist.get_world_size(group), dist.get_rank(group)
         self.group = group
-        self.w13 = local_param(torch.cat([rows(ref_mlp.w1.weight, r, n), rows(ref_mlp.w3.weight, r, n)]), dtype, device)
+        self.w13 = local_param(
+            torch.cat([rows(ref_mlp.w1.weight, r, n), rows(ref_mlp.w3.weight, r, n)]), dtype, device
+        )
         self.w2 = local_param(cols(ref_mlp.w2.weight, r, n), dtype, device)
 
     def forward(self, x_local: torch.Tensor) -> torch.Tensor:
@@ -97,9 +110,11 @@ class TensorParallelMLP(nn.Module):
 
     def full_grads(self, prefix: str) -> dict[str, torch.Tensor]:
         g1, g3 = self.w13.grad.chunk(2, dim=0)
-        return {f"{prefix}.w1.weight": all_gather_dim(g1, 0, self.group),
-                f"{prefix}.w3.weight": all_gather_dim(g3, 0, self.group),
-                f"{prefix}.w2.weight": all_gather_dim(self.w2.grad, 1, self.group)}
+        return {
+            f"{prefix}.w1.weight": all_gather_dim(g1, 0, self.group),
+            f"{prefix}.w3.weight": all_gather_dim(g3, 0, self.group),
+            f"{prefix}.w2.weight": all_gather_dim(self.w2.grad, 1, self.group),
+        }
 
 
 MLPBuilder = Callable[[nn.Module, dist.ProcessGroup, torch.dtype, torch.device], nn.Module]
@@ -109,8 +124,14 @@ class TPSPBlock(nn.Module):
     """Norms and residuals on the sequence shard; tensor-parallel attention; the MLP from `make_mlp`
     (tensor-parallel here, ZeRO-3 sequence-parallel in Odysseus)."""
 
-    def __init__(self, ref_block: nn.Module, group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device,
-                 make_mlp: MLPBuilder = TensorParallelMLP):
+    def __init__(
+        self,
+        ref_block: nn.Module,
+        group: dist.ProcessGroup,
+        dtype: torch.dtype,
+        device: torch.device,
+        make_mlp: MLPBuilder = TensorParallelMLP,
+    ):
         super().__init__()
         self.attn_norm = copy_to(ref_block.attn_norm, device, dtype)  # replicated
         self.mlp_norm = copy_to(ref_block.mlp_norm, device, dtype)
@@ -123,8 +144,15 @@ class TPSPBlock(nn.Module):
 
 
 class TPSPModel(nn.Module):
-    def __init__(self, reference: nn.Module, causal: bool, group: dist.ProcessGroup, dtype: torch.dtype,
-                 device: torch.device, make_mlp: MLPBuilder = TensorParallelMLP):
+    def __init__(
+        self,
+        reference: nn.Module,
+        causal: bool,
+        group: dist.ProcessGroup,
+        dtype: torch.dtype,
+        device: torch.device,
+        make_mlp: MLPBuilder = TensorParallelMLP,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(TPSPBlock(b, group, dtype, device, make_mlp) for b in reference.blocks)
         self.causal, self.group = causal, group

@@ -1,6 +1,7 @@
 """DeepSpeed-Ulysses (methods/ulysses/attention.py): all-to-all from a sequence shard to a head group
 over the whole sequence and back. Layout: contiguous sequence shards. Communication and memory
 models: methods/ulysses/cost.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,11 +43,22 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     group = dist.group.WORLD
     core = partial(ulysses_attention, group=group)
     positions = layout(p)[dist.get_rank()]
-    return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, group, p.torch_dtype, device,
-                                   zero3=p.options.zero3)
+    return ReplicatedSequenceModel(
+        reference, positions, p.workload.causal, core, group, p.torch_dtype, device, zero3=p.options.zero3
+    )
 
 
-register(Method("ulysses", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
-                memory_cost=memory_cost, model_kinds=("llama", "linear", "hybrid"), options=UlyssesOptions))
+register(
+    Method(
+        "ulysses",
+        validate=validate,
+        layout=layout,
+        build=build,
+        comm_cost=comm_cost,
+        memory_cost=memory_cost,
+        model_kinds=("llama", "linear", "hybrid"),
+        options=UlyssesOptions,
+    )
+)
 
 __all__ = ["UlyssesOptions", "attention_act", "attention_cost", "kv_heads_exchanged", "ulysses_attention"]

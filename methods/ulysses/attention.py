@@ -5,6 +5,7 @@ GQA: kv heads are exchanged at their own count when they divide over the ranks; 
 than ranks each kv head is repeated N/Hkv times before the exchange (so every rank receives the one
 kv head its query heads use) and its gradient is summed back by autograd.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,11 +17,17 @@ from methods.common.layers import LocalAttention
 
 def kv_heads_exchanged(kv_heads: int, n: int) -> int:
     """kv heads that travel: their own count, or n once each is repeated n/kv_heads times."""
-    return kv_heads if kv_heads >= n else n
+    return max(kv_heads, n)
 
 
-def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention,
-                      group: dist.ProcessGroup) -> torch.Tensor:
+def ulysses_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    local: LocalAttention,
+    group: dist.ProcessGroup,
+) -> torch.Tensor:
     """q [B, L/N, H, D], k/v [B, L/N, Hkv, D] on a contiguous shard -> out [B, L/N, H, D]; `local` is
     the layer's single-device kernel, run on a head group over the whole sequence."""
     n = dist.get_world_size(group)

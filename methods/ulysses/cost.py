@@ -1,12 +1,19 @@
 """Ulysses' communication and memory models: four all-to-alls each way per attention call."""
+
 from __future__ import annotations
 
 from methods.common.attention_call import AttentionCall
 from methods.common.config import Problem
 from methods.common.cost import CommCost
 from methods.common.layers import llama_block_shapes
-from methods.common.memory import (MemCost, linear_kernel_act, llama_layer_act, positions_storage,
-                                   replicated_memory, softmax_core_act)
+from methods.common.memory import (
+    MemCost,
+    linear_kernel_act,
+    llama_layer_act,
+    positions_storage,
+    replicated_memory,
+    softmax_core_act,
+)
 from methods.common.replicated import param_sync_cost
 
 from .attention import kv_heads_exchanged
@@ -33,8 +40,9 @@ def attention_act(call: AttentionCall) -> int:
     heads, kv = call.heads // n, kv_heads_exchanged(call.kv_heads, n) // n
     wo_input = call.batch * call.tokens_local * call.heads * call.head_dim * call.elem
     if not call.softmax:
-        return wo_input + linear_kernel_act(call.batch, length, heads, call.head_dim, call.dtype, call.causal,
-                                            call.decay)
+        return wo_input + linear_kernel_act(
+            call.batch, length, heads, call.head_dim, call.dtype, call.causal, call.decay
+        )
     kernel = softmax_core_act(call.batch, length, heads, length, kv, call.head_dim, call.dtype)
     return kernel + (wo_input if n > 1 else 0)
 
@@ -51,6 +59,8 @@ def memory_cost(p: Problem) -> MemCost:
     """Replicated weights (or ZeRO-3 shards); positions are a view of the whole arange (L int64)."""
     m, w, n = p.model, p.workload, p.world_size
     tokens = w.batch_size * w.seq_len // n
-    layers = [llama_layer_act(p, tokens, w.seq_len // n, attention_act(AttentionCall.of(p, i)))
-              for i in range(m.layers)]
+    layers = [
+        llama_layer_act(p, tokens, w.seq_len // n, attention_act(AttentionCall.of(p, i)))
+        for i in range(m.layers)
+    ]
     return replicated_memory(p, llama_block_shapes(m), tokens, positions_storage(w.seq_len, n), layers)

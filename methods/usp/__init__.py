@@ -7,6 +7,7 @@ rebuilds the ring segment for a head group, the ring runs over the segments, and
 all-to-all returns the rank's own tokens. Placement: `ulysses_inner` puts each Ulysses group on
 consecutive ranks (the fast links of a node carry the all-to-all), `ring_inner` puts each ring there.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -45,13 +46,17 @@ class UspOptions(ShardedOptions):
 def validate(p: Problem) -> None:
     ud, rd = degrees(p)
     if ud < 1 or rd < 1 or ud * rd != p.world_size:
-        raise InvalidConfig(f"method.ulysses_degree x method.ring_degree must equal world_size={p.world_size}, "
-                            f"got {p.options.ulysses_degree} x {p.options.ring_degree}")
+        raise InvalidConfig(
+            f"method.ulysses_degree x method.ring_degree must equal world_size={p.world_size}, "
+            f"got {p.options.ulysses_degree} x {p.options.ring_degree}"
+        )
     check_heads(p.model.heads, p.model.kv_heads, ud, "Ulysses degree")
     layouts.check_divisible(p.options.layout, p.workload.seq_len, rd)
     if (p.workload.seq_len // rd) % ud:
-        raise InvalidConfig(f"seq_len {p.workload.seq_len} / ring_degree {rd} is not divisible by the "
-                            f"ulysses_degree {ud} (each ring segment is split over the Ulysses ranks)")
+        raise InvalidConfig(
+            f"seq_len {p.workload.seq_len} / ring_degree {rd} is not divisible by the "
+            f"ulysses_degree {ud} (each ring segment is split over the Ulysses ranks)"
+        )
 
 
 @layouts.real_indices
@@ -75,11 +80,28 @@ def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceMode
     ring_group, _ = dist.new_subgroups_by_enumeration(ring_groups)
     core = partial(usp_attention, ulysses_group=ulysses_group, ring_group=ring_group, layout=p.options.layout)
     positions = layout(p)[dist.get_rank()]
-    return ReplicatedSequenceModel(reference, positions, p.workload.causal, core, dist.group.WORLD,
-                                   p.torch_dtype, device, zero3=p.options.zero3)
+    return ReplicatedSequenceModel(
+        reference,
+        positions,
+        p.workload.causal,
+        core,
+        dist.group.WORLD,
+        p.torch_dtype,
+        device,
+        zero3=p.options.zero3,
+    )
 
 
-register(Method("usp", validate=validate, layout=layout, build=build, comm_cost=comm_cost, memory_cost=memory_cost,
-                options=UspOptions))
+register(
+    Method(
+        "usp",
+        validate=validate,
+        layout=layout,
+        build=build,
+        comm_cost=comm_cost,
+        memory_cost=memory_cost,
+        options=UspOptions,
+    )
+)
 
 __all__ = ["UspOptions", "degrees", "grid_position", "usp_attention"]

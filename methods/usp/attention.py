@@ -1,5 +1,6 @@
 """USP's parallel core: the Ulysses all-to-all rebuilds a ring segment for a head group, ring
 attention runs over the segments, the inverse all-to-all returns the rank's own tokens."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,16 @@ from methods.common.layers import LocalAttention
 from methods.ring import ring_attention
 
 
-def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention,
-                  ulysses_group: dist.ProcessGroup, ring_group: dist.ProcessGroup, layout: str) -> torch.Tensor:
+def usp_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    local: LocalAttention,
+    ulysses_group: dist.ProcessGroup,
+    ring_group: dist.ProcessGroup,
+    layout: str,
+) -> torch.Tensor:
     """q [B, L/N, H, D], k/v [B, L/N, Hkv, D] -> out [B, L/N, H, D]."""
     u = dist.get_world_size(ulysses_group)
     if k.shape[2] < u:  # fewer kv heads than Ulysses ranks: repeat, as Ulysses does

@@ -1,5 +1,6 @@
 """USP's communication and memory models: Ulysses' all-to-alls over a ring segment inside a ring of
 head groups."""
+
 from __future__ import annotations
 
 from methods.common.attention_call import AttentionCall
@@ -48,5 +49,10 @@ def memory_cost(p: Problem) -> MemCost:
     if ud > 1:
         attention += w.batch_size * tokens_local * m.heads * m.head_dim * p.elem_bytes
     layer = llama_layer_act(p, w.batch_size * tokens_local, tokens_local, attention)
-    return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
-                             positions_storage(w.seq_len, n), [layer] * m.layers)
+    return replicated_memory(
+        p,
+        llama_block_shapes(m),
+        w.batch_size * tokens_local,
+        positions_storage(w.seq_len, n),
+        [layer] * m.layers,
+    )

@@ -1,4 +1,5 @@
 """USP's rank grid: the Ulysses and ring degrees and where a rank sits under the placement."""
+
 from __future__ import annotations
 
 import math
