@@ -14,6 +14,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from methods.common.config import InvalidConfig
+from methods.common.linear_attention import DECAY_RULES
 
 # Every field defaults to MISSING: the schema types what a config gives and adds nothing it lacks
 # (a model file that leaves out norm_eps keeps ModelConfig's default).
@@ -60,8 +61,12 @@ class ModelSchema:
     norm_eps: float = MISSING
     # kind-specific options (linear / hybrid / video models)
     decay: bool = MISSING
+    decay_rule: str = MISSING  # one of linear_attention.DECAY_RULES
     hybrid_period: int = MISSING
     temporal_rope: bool = MISSING
+    norm_affine: bool = MISSING
+    adaln: bool = MISSING
+    qk_norm: bool = MISSING
 
 
 @dataclass
@@ -122,6 +127,13 @@ def _ranges(cfg: DictConfig) -> None:
         _check(workload.get("spatial", 0) >= 1, "workload.spatial", workload.get("spatial"), "at least 1")
     elif "seq_len" in workload:
         _check(workload.seq_len >= 1, "workload.seq_len", workload.seq_len, "at least 1")
+    if "decay_rule" in model:
+        rules = ", ".join(DECAY_RULES)
+        _check(model.decay_rule in DECAY_RULES, "model.decay_rule", model.decay_rule, f"one of {rules}")
+    for key in ("adaln", "qk_norm", "norm_affine"):  # the video block's options (methods/common/video.py)
+        if model.get(key) and model.get("kind") != "video":
+            kind = model.get("kind")
+            raise InvalidConfig(f"model.{key}=true applies to video models only, not kind={kind!r}")
     for key in ("hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "layers", "hybrid_period"):
         if key in model:
             _check(model[key] >= 1, f"model.{key}", model[key], "at least 1")

@@ -55,6 +55,12 @@ for n in (1, 2, 4):
     CASES[f"tp_sp-linear-N{n}-bidirectional"] = problem("tp_sp", n, causal=False, model=LINEAR)
     CASES[f"tp_sp-hybrid-N{n}-decay"] = problem("tp_sp", n, model=decayed(HYBRID))
 CASES["lasp2-linear-N4-L64"] = problem("lasp2", 4, seq_len=64, model=LINEAR)
+# 16 heads, where RetNet's decay table (the default) and the `scaled` one differ
+LINEAR16 = replace(LINEAR, name="tiny_linear_16h", heads=16, head_dim=4)
+for rule in ("retnet", "scaled"):
+    model = replace(LINEAR16, extra={"decay": True, "decay_rule": rule})
+    CASES[f"lasp2-linear16h-N2-decay-{rule}"] = problem("lasp2", 2, model=model)
+CASES["lasp1-linear16h-N2-decay"] = problem("lasp1", 2, model=decayed(LINEAR16))
 
 outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model = method_tests(CASES)
 

@@ -2,14 +2,22 @@
 against the quadratic reference): its aten-op count does not grow with L, it runs on the meta device
 (every tensor it makes is on q's device), it stays finite and accurate in float32 and bfloat16 at
 long L with a decay, and the optional fla GPU backend is only chosen on CUDA after its self-check."""
+
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from methods.common import linear_attention as la
-from methods.common.linear_attention import LinearKernel, head_decays, linear_backend_name, naive_linear_attention
+from methods.common.linear_attention import (
+    LinearKernel,
+    head_decays,
+    linear_backend_name,
+    naive_linear_attention,
+)
 
 
 class OpCount(TorchDispatchMode):
@@ -79,13 +87,18 @@ def test_long_sequences_stay_accurate_in_low_precision(dtype, tolerance, decay):
 
 # ---- the optional fla backend, plumbing only (a stand-in for fla's chunk_simple_gla on CPU) ----------
 
+
 def fla_stand_in(calls: list, ignore_decay: bool = False):
     """fla's signature and semantics: q/k/v [B, T, H, D], g_gamma the per-head natural-log decay."""
-    def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False):
+
+    def chunk_simple_gla(
+        q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False
+    ):
         calls.append(q.device)
         assert g is None and initial_state is None and not output_final_state
         decay = None if g_gamma is None or ignore_decay else g_gamma.double().exp()
         return naive_linear_attention(q, k, v, True, decay) * scale, None
+
     return chunk_simple_gla
 
 
@@ -147,6 +160,7 @@ def test_a_wrong_fla_is_refused_by_the_self_check(fla):
 def test_a_raising_fla_is_refused(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no Triton here")
+
     monkeypatch.setattr(la, "_fla_kernel", lambda: broken)
     with pytest.warns(RuntimeWarning, match="no Triton here"):
         assert la._fla_self_check(torch.device("cpu"), torch.float32, 8) is False
@@ -165,3 +179,27 @@ def test_fla_self_check_runs_inside_a_no_grad_forward(monkeypatch):
         assert la._fla_self_check(torch.device("cpu"), torch.float32, 8)
     with torch.inference_mode():
         assert la._fla_self_check(torch.device("cpu"), torch.float32, 8)
+
+
+def test_decay_tables_at_16_heads():
+    """RetNet's table (the default) is 1 - 2^(-5-h); `scaled`, spbench's earlier one, 1 - 2^(-5-8h/H).
+    They agree at H = 8 only: at H = 16 head 15 decays with 1 - 2^-20 under RetNet's rule."""
+    h = torch.arange(16, dtype=torch.float64)
+    assert torch.equal(head_decays(16), 1 - 2.0 ** (-5 - h))
+    assert torch.equal(head_decays(16, "retnet"), head_decays(16))
+    assert torch.equal(head_decays(16, "scaled"), 1 - 2.0 ** (-5 - h / 2))
+    assert head_decays(16)[15] == 1 - 2.0**-20 and head_decays(16, "scaled")[15] == 1 - 2.0**-12.5
+    assert torch.equal(head_decays(8), head_decays(8, "scaled"))
+    with pytest.raises(ValueError, match="unknown decay rule 'lightning'"):
+        head_decays(4, "lightning")
+
+
+def test_a_model_takes_its_decay_rule():
+    from methods.common.config import ModelConfig
+    from methods.common.linear_attention import model_decays
+
+    m = ModelConfig("m", hidden=64, heads=16, kv_heads=4, head_dim=4, ffn_hidden=64, kind="linear")
+    assert model_decays(m) is None
+    assert torch.equal(model_decays(replace(m, extra={"decay": True})), head_decays(16, "retnet"))
+    scaled = model_decays(replace(m, extra={"decay": True, "decay_rule": "scaled"}))
+    assert torch.equal(scaled, head_decays(16, "scaled"))

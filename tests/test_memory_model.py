@@ -2,8 +2,8 @@
 input and act (saved activations + output) when the forward ends, grad (parameter gradients + input
 gradient) after the step. Tiny shapes at world sizes 1, 2, 4 and 8, causal and not, float32 and
 bfloat16, GQA, ZeRO-3, every rank; the video block's variants (dsp; ulysses, ring, tp_sp on frames)
-with padded DSP shards, a single video, no temporal RoPE; and one paper-scale point each for
-ulysses, usp and ring. DSP's ranks hold unequal spatial shards when N does not divide S: each rank
+with padded DSP shards, a single video, no temporal RoPE, adaLN and qk-norm; and one paper-scale
+point each for ulysses, usp and ring. DSP's ranks hold unequal spatial shards when N does not divide S: each rank
 equals its own model (`methods.dsp.rank_memory`), and the registered one is the busiest rank. All
 dryruns of the file run in one in-process `entry_single` call (fake tensors, fake process group)."""
 from __future__ import annotations
@@ -29,6 +29,10 @@ F32, BF16 = "float32", "bfloat16"
 # 8 query heads over 4 kv heads: Ulysses at N=8 repeats kv heads, TP-SP stops at N=4
 VIDEO = ModelConfig("tiny_video", hidden=32, heads=8, kv_heads=4, head_dim=4, ffn_hidden=64, layers=2, kind="video")
 VIDEO_NO_ROPE = replace(VIDEO, name="tiny_video_no_rope", extra={"temporal_rope": False})
+# OpenSora/DiT conventions (non-affine LayerNorms) with adaLN modulation and qk-norm
+VIDEO_DIT = replace(VIDEO, name="tiny_video_dit", extra={"adaln": True, "qk_norm": True})
+VIDEO_DIT_NO_ROPE = replace(VIDEO, name="tiny_video_dit_no_rope", extra={"adaln": True, "qk_norm": True,
+                                                                         "temporal_rope": False})
 
 
 def video(method: str, world_size: int, dtype: str, frames: int = 8, spatial: int = 8, batch_size: int = 2,
@@ -53,6 +57,9 @@ CASES: dict[str, dict[str, Problem]] = {
         "video-N2-bf16": video("ulysses", 2, BF16),
         "video-all-N4-f32-B1": video("ulysses", 4, F32, batch_size=1, video_attention="all"),
         "video-N8-bf16-kv-repeated": video("ulysses", 8, BF16),
+        "video-dit-N2-f32": video("ulysses", 2, F32, model=VIDEO_DIT),
+        "video-dit-all-N2-bf16-no-rope": video("ulysses", 2, BF16, model=VIDEO_DIT_NO_ROPE,
+                                               video_attention="all"),
     },
     "ring": {
         "N1-bf16": problem("ring", 1, dtype=BF16),
@@ -62,6 +69,7 @@ CASES: dict[str, dict[str, Problem]] = {
         "video-N1-bf16": video("ring", 1, BF16),
         "video-N2-f32-no-rope": video("ring", 2, F32, model=VIDEO_NO_ROPE),
         "video-N4-bf16-B1": video("ring", 4, BF16, batch_size=1),
+        "video-dit-N2-bf16": video("ring", 2, BF16, model=VIDEO_DIT),
     },
     "usp": {
         "N4-2x2-f32": problem("usp", 4, dtype=F32),
@@ -85,6 +93,9 @@ CASES: dict[str, dict[str, Problem]] = {
         "video-N2-bf16-B1-no-rope": video("tp_sp", 2, BF16, batch_size=1, model=VIDEO_NO_ROPE),
         # one frame: the temporal output goes back to [B, T*S] without a copy
         "video-N4-f32-T1": video("tp_sp", 4, F32, frames=1),
+        # qk-norm makes q and k new tensors: the kernel no longer keeps views of the QKV output
+        "video-dit-N2-f32-no-rope": video("tp_sp", 2, F32, model=VIDEO_DIT_NO_ROPE),
+        "video-dit-N2-bf16-B1": video("tp_sp", 2, BF16, batch_size=1, model=VIDEO_DIT),
     },
     "dsp": {
         "N1-f32": video("dsp", 1, F32),
@@ -95,6 +106,9 @@ CASES: dict[str, dict[str, Problem]] = {
         # one frame padded to 8, shards of 2 and 1: a 1-token shard's norm keeps the whole switch
         # buffer, which makes the last rank the busiest
         "N8-f32-T1-S10-padded": video("dsp", 8, F32, frames=1, spatial=10),
+        "dit-N2-bf16": video("dsp", 2, BF16, model=VIDEO_DIT),
+        "dit-N4-f32-T5-S6-padded-B1": video("dsp", 4, F32, frames=5, spatial=6, batch_size=1,
+                                            model=VIDEO_DIT),
     },
     "odysseus": {
         "N2-bf16": problem("odysseus", 2, dtype=BF16),

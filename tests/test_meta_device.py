@@ -37,6 +37,7 @@ HYBRID = replace(TINY, name="tiny_hybrid", kind="hybrid", layers=2, extra={"hybr
 HYBRID_DECAY = replace(HYBRID, name="tiny_hybrid_decay", extra={"hybrid_period": 2, "decay": True})
 VIDEO = ModelConfig("tiny_video", hidden=32, heads=8, kv_heads=4, head_dim=4, ffn_hidden=64, layers=1, kind="video")
 VIDEO_HD72 = replace(VIDEO, name="video_hd72", hidden=144, heads=4, kv_heads=4, head_dim=72)
+VIDEO_DIT = replace(VIDEO, name="tiny_video_dit", extra={"adaln": True, "qk_norm": True})
 
 GPU_KERNELS = ("cudnn", "cuda_flash", "cuda_efficient")  # flash-attn 2/3: no package installs here
 # the variants whose attention is split into blocks of every shape (ring layouts, all-gather, USP)
@@ -100,6 +101,8 @@ VIDEO_CASES = {
     "ulysses-video-all": video("ulysses", 4, spatial=8, video_attention="all"),
     "ring-video": video("ring", 4),
     "tp_sp-video": video("tp_sp", 4),
+    "dsp-dit": video("dsp", 4, model=VIDEO_DIT),  # adaLN and qk-norm
+    "tp_sp-video-dit": video("tp_sp", 4, model=VIDEO_DIT),
 }
 
 

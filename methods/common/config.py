@@ -31,7 +31,7 @@ class ModelConfig:
     layers: int = 1
     kind: str = "llama"  # llama | video | linear | hybrid
     rope_theta: float = 10000.0
-    norm_eps: float = 1e-6
+    norm_eps: float = 1e-5  # Llama-2/3 (the model files state theirs: conf/model/*.yaml)
     extra: dict = field(default_factory=dict)  # kind-specific options (decay, hybrid period, ...)
 
 

@@ -3,11 +3,12 @@
 The reference is deliberately plain: float64-capable math attention, no fused kernels, so that a
 parallel block that matches it is right, not merely consistent with itself.
 """
+
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ from torch import nn
 
 from .attention import attention
 from .config import ModelConfig, Workload
-from .linear_attention import LinearKernel, head_decays, naive_linear_attention
+from .linear_attention import LinearKernel, model_decays, naive_linear_attention
 
 LocalAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 # A distributed core gets this rank's q, k, v [B, L_local, heads, D] (RoPE applied with the tokens'
@@ -23,7 +24,9 @@ LocalAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torc
 AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, LocalAttention], torch.Tensor]
 
 
-def local_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention) -> torch.Tensor:
+def local_core(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention
+) -> torch.Tensor:
     """The core of a rank that holds every token its attention needs: the layer's fast kernel (the
     reference path, taken when no core is given, is the plain math one)."""
     return local(q, k, v, causal)
@@ -42,9 +45,13 @@ class RMSNorm(nn.Module):
         return y.to(x.dtype) * self.weight
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [L, head_dim/2] for the given global token positions (any order)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
+    )
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -86,15 +93,20 @@ class Attention(nn.Module):
     local_attention = staticmethod(attention)
     use_rope = True
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, qk_norm: bool = False):
         super().__init__()
         self.cfg = cfg
         self.wq = nn.Linear(cfg.hidden, cfg.heads * cfg.head_dim, bias=False)
         self.wk = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden, bias=False)
+        # qk-norm (OpenSora STDiT3): an RMSNorm over each head's D channels of q and of k, before RoPE
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if qk_norm else None
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None
+    ) -> torch.Tensor:
         """Without `core` this is the single-device reference; sequence-parallel methods pass a
         distributed core and keep everything else (norms, projections, RoPE, MLP) as it is."""
         B, L, _ = x.shape
@@ -102,6 +114,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, L, c.heads, c.head_dim)
         k = self.wk(x).view(B, L, c.kv_heads, c.head_dim)
         v = self.wv(x).view(B, L, c.kv_heads, c.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -119,7 +133,9 @@ class LlamaBlock(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.hidden, cfg.ffn_hidden)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, causal: bool, core: AttentionCore | None = None
+    ) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), positions, causal, core)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -131,8 +147,13 @@ class ReferenceModel(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor, causal: bool, positions: torch.Tensor | None = None,
-                core: AttentionCore | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool,
+        positions: torch.Tensor | None = None,
+        core: AttentionCore | None = None,
+    ) -> torch.Tensor:
         if positions is None:
             positions = torch.arange(x.shape[1], device=x.device)
         for block in self.blocks:
@@ -149,14 +170,27 @@ def init_weights_(model: nn.Module, seed: int) -> nn.Module:
             if p.dim() == 1:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu"))
             else:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu") / math.sqrt(p.shape[-1]))
+                p.copy_(
+                    torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu")
+                    / math.sqrt(p.shape[-1])
+                )
     return model
 
 
 def llama_block_shapes(m: ModelConfig) -> list[tuple[int, ...]]:
     """Parameter shapes of one Llama block, in registration order."""
     d, q, kv = m.hidden, m.heads * m.head_dim, m.kv_heads * m.head_dim
-    return [(d,), (q, d), (kv, d), (kv, d), (d, q), (d,), (m.ffn_hidden, d), (m.ffn_hidden, d), (d, m.ffn_hidden)]
+    return [
+        (d,),
+        (q, d),
+        (kv, d),
+        (kv, d),
+        (d, q),
+        (d,),
+        (m.ffn_hidden, d),
+        (m.ffn_hidden, d),
+        (d, m.ffn_hidden),
+    ]
 
 
 def llama_block_params(m: ModelConfig) -> int:
@@ -166,12 +200,12 @@ def llama_block_params(m: ModelConfig) -> int:
 
 class LinearAttentionLayer(Attention):
     """Linear-Llama3: the Llama attention with softmax replaced by basic linear attention (per-head
-    decay when the model sets `decay: true`); projections, RoPE and everything around stay."""
+    decay when the model sets `decay: true`, from the table its `decay_rule` names); projections, RoPE and everything around stay."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         # a buffer, so that it moves with the model to the device of the data, once; float64 kept
-        self.register_buffer("decay", head_decays(cfg.heads) if cfg.extra.get("decay") else None, persistent=False)
+        self.register_buffer("decay", model_decays(cfg), persistent=False)
 
     def reference_attention(self, q, k, v, causal: bool) -> torch.Tensor:
         return naive_linear_attention(q, k, v, causal, self.decay)
@@ -189,7 +223,9 @@ def linear_block(cfg: ModelConfig) -> LlamaBlock:
 
 def is_softmax_layer(cfg: ModelConfig, index: int) -> bool:
     """Hybrid stacks put a softmax layer at every `hybrid_period`-th layer (LASP-2's 1/4 hybrid: LLLN)."""
-    return cfg.kind == "llama" or (cfg.kind == "hybrid" and (index + 1) % cfg.extra.get("hybrid_period", 4) == 0)
+    return cfg.kind == "llama" or (
+        cfg.kind == "hybrid" and (index + 1) % cfg.extra.get("hybrid_period", 4) == 0
+    )
 
 
 # model kind -> builder of layer `index`
@@ -200,8 +236,13 @@ BLOCK_BUILDERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
 }
 
 
-def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float64,
-                    device: torch.device | str = "cpu", workload: Workload | None = None) -> nn.Module:
+def build_reference(
+    cfg: ModelConfig,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    workload: Workload | None = None,
+) -> nn.Module:
     """The single-device reference stack for `cfg.kind`, identical on every rank for a given seed
     (video models take their frame and spatial sizes from the workload)."""
     if cfg.kind not in BLOCK_BUILDERS and cfg.kind != "video":
@@ -209,14 +250,17 @@ def build_reference(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.
     with torch.device("cpu"):  # weights come from a CPU generator, whatever the default device is
         if cfg.kind == "video":
             from .video import VideoModel
-            model = VideoModel(cfg, workload.frames, workload.spatial)
+
+            model = VideoModel(cfg, workload, seed)
         else:
             model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
         init_weights_(to_(model, dtype=torch.float64), seed)
     return to_(model, device, dtype)
 
 
-def to_(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+def to_(
+    module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> nn.Module:
     """`module.to(device, dtype)` by rebinding each parameter and buffer (floating parameters take
     `dtype`; buffers keep theirs: a float64 decay stays exact), in place. Module.to() swaps tensors in
     place, which fake tensors (mode=dryrun) refuse."""

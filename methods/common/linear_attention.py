@@ -1,5 +1,5 @@
 """Basic linear attention (identity feature map, no normalisation, no 1/sqrt(d) scale, as LASP-2),
-optionally with a per-head decay lambda (Lightning / Retention style):
+optionally with a per-head decay lambda (RetNet's table by default, see DECAY_RULES):
 
     causal:         o_i = sum_{j <= i} lambda^(i-j) (q_i . k_j) v_j
     bidirectional:  o_i = sum_j (q_i . k_j) v_j        (decay is not defined here)
@@ -9,6 +9,7 @@ masked products plus queries times the decayed prefix of the chunk states, every
 product, so the op count does not grow with L) that layers and parallel methods run locally.
 Shapes as the softmax kernels: q [B, L, H, D], k/v [B, L, Hkv, D], GQA by repeating kv heads.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,11 +19,34 @@ import torch
 import torch.nn.functional as F
 
 from .attention import acc_dtype
+from .config import ModelConfig
+
+# The per-head decay tables a linear model's `decay_rule` names, lambda_h for heads h = 0 .. H-1:
+#   retnet  1 - 2^(-5 - h): RetNet (Sun et al., arXiv 2307.08621, Sec. 2.2: gamma = 1 - 2^(-5 - arange(0, h))),
+#           as torchscale's MultiScaleRetention and flash-linear-attention's retention layer build it
+#   scaled  1 - 2^(-5 - 8h/H): spbench's earlier table, the same range [1 - 2^-5, 1 - 2^-13) whatever H;
+#           equal to retnet at H = 8 only (at H = 16 head 15 keeps 1 - 2^-12.5 instead of 1 - 2^-20)
+DECAY_RULES = ("retnet", "scaled")
+DEFAULT_DECAY_RULE = "retnet"
 
 
-def head_decays(heads: int) -> torch.Tensor:
-    """Retention's per-head decay 1 - 2^(-5 - 8h/H), in (0, 1)."""
-    return 1 - 2.0 ** (-5 - 8 * torch.arange(heads, dtype=torch.float64, device="cpu") / heads)  # moved as a buffer
+def head_decays(heads: int, rule: str = DEFAULT_DECAY_RULE) -> torch.Tensor:
+    """The per-head decays lambda_h in (0, 1) of `rule` (see DECAY_RULES), float64 on the CPU (layers
+    hold them as a buffer, moved with the model)."""
+    h = torch.arange(heads, dtype=torch.float64, device="cpu")
+    if rule == "retnet":
+        return 1 - 2.0 ** (-5 - h)
+    if rule == "scaled":
+        return 1 - 2.0 ** (-5 - 8 * h / heads)
+    raise ValueError(f"unknown decay rule {rule!r}; one of {', '.join(DECAY_RULES)}")
+
+
+def model_decays(cfg: ModelConfig) -> torch.Tensor | None:
+    """The decays of a linear model's layers: None unless the model sets `decay: true`; the table is
+    the model's `decay_rule` (default retnet)."""
+    if not cfg.extra.get("decay"):
+        return None
+    return head_decays(cfg.heads, cfg.extra.get("decay_rule", DEFAULT_DECAY_RULE))
 
 
 def _repeat_kv(q, k, v):
@@ -30,7 +54,9 @@ def _repeat_kv(q, k, v):
     return k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
 
 
-def decay_matrix(decay: torch.Tensor | None, lq: int, lk: int, offset: int, causal: bool, device, dtype) -> torch.Tensor:
+def decay_matrix(
+    decay: torch.Tensor | None, lq: int, lk: int, offset: int, causal: bool, device, dtype
+) -> torch.Tensor:
     """[H or 1, lq, lk] weights of query i (at position offset + i) on key j: lambda^(pos_i - j) for
     pos_i >= j, else 0 (causal); all ones when bidirectional. Non-negative exponents only."""
     if not causal:
@@ -45,8 +71,9 @@ def decay_matrix(decay: torch.Tensor | None, lq: int, lk: int, offset: int, caus
 
 def naive_linear_attention(q, k, v, causal: bool, decay: torch.Tensor | None = None) -> torch.Tensor:
     k, v = _repeat_kv(q, k, v)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * decay_matrix(decay, q.shape[1], k.shape[1], 0, causal,
-                                                                  q.device, q.dtype)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * decay_matrix(
+        decay, q.shape[1], k.shape[1], 0, causal, q.device, q.dtype
+    )
     return torch.einsum("bhqk,bkhd->bqhd", scores, v)
 
 
@@ -58,7 +85,7 @@ class LinearKernel:
         self.decay, self.chunk = decay, chunk
 
     def for_heads(self, start: int, count: int) -> LinearKernel:
-        return self if self.decay is None else LinearKernel(self.decay[start:start + count], self.chunk)
+        return self if self.decay is None else LinearKernel(self.decay[start : start + count], self.chunk)
 
     def __call__(self, q, k, v, causal: bool) -> torch.Tensor:
         """Chunked, all chunks at once (a fixed number of ops whatever L; logarithmic in L with a
@@ -122,15 +149,23 @@ class LinearKernel:
         factors = factors.view(steps, 1, -1, 1, 1, 1)
         for i in range(steps):
             s = 1 << i
-            states = torch.cat((states[:, :, :s], torch.addcmul(states[:, :, s:], states[:, :, :-s], factors[i])), dim=2)
+            states = torch.cat(
+                (states[:, :, :s], torch.addcmul(states[:, :, s:], states[:, :, :-s], factors[i])), dim=2
+            )
         return states
 
     def _fla(self, q, k, v) -> torch.Tensor:
         """flash-linear-attention's chunk kernel ("fla_chunk"): simple GLA with the per-head log decay
         as its data-independent gate, no 1/sqrt(d) scale, no initial state; kv heads repeated."""
         k, v = _repeat_kv(q, k, v)
-        gamma = None if self.decay is None else torch.log(self.decay.to(device=q.device, dtype=torch.float64)).float()
-        out, _ = _fla_kernel()(q, k, v, g_gamma=gamma, scale=1.0, initial_state=None, output_final_state=False)
+        gamma = (
+            None
+            if self.decay is None
+            else torch.log(self.decay.to(device=q.device, dtype=torch.float64)).float()
+        )
+        out, _ = _fla_kernel()(
+            q, k, v, g_gamma=gamma, scale=1.0, initial_state=None, output_final_state=False
+        )
         return out.to(q.dtype)
 
 
@@ -178,6 +213,7 @@ def _fla_verdict(device, dtype: torch.dtype, head_dim: int) -> bool:
 
 def _fla_usable(q: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import is_fake
+
     if not _fla_candidate(q.device, q.dtype) or is_fake(q):  # dryruns keep the modelled torch path
         return False
     return _fla_verdict(q.device, q.dtype, q.shape[-1])
@@ -192,21 +228,33 @@ def _fla_self_check(device: torch.device, dtype: torch.dtype, head_dim: int) -> 
         with torch.inference_mode(False), torch.enable_grad():  # it may first run inside a no-grad forward
             for decay in (None, head_decays(4)):
                 kernel = LinearKernel(decay)
-                x = [torch.randn(1, 150, h, head_dim, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
-                     for h in (4, 2, 2)]
-                dout = torch.randn(1, 150, 4, head_dim, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+                x = [
+                    torch.randn(1, 150, h, head_dim, generator=gen, dtype=torch.float32).to(
+                        device=device, dtype=dtype
+                    )
+                    for h in (4, 2, 2)
+                ]
+                dout = torch.randn(1, 150, 4, head_dim, generator=gen, dtype=torch.float32).to(
+                    device=device, dtype=dtype
+                )
                 results = []
                 for run in (kernel._chunked, kernel._fla):
                     inputs = [t.detach().requires_grad_() for t in x]
                     out = run(*inputs)
                     results.append([out.detach(), *torch.autograd.grad(out, inputs, dout)])
                 for name, want, got in zip(("out", "dq", "dk", "dv"), *results):
-                    err = float((got.float() - want.float()).abs().max()) / max(float(want.float().abs().max()), 1e-30)
+                    err = float((got.float() - want.float()).abs().max()) / max(
+                        float(want.float().abs().max()), 1e-30
+                    )
                     if not err <= FLA_TOLERANCE[dtype]:  # also refuses NaN
                         raise ValueError(f"{name} off by {err:.2e} of its max (decay={decay is not None})")
     except Exception as exc:  # noqa: BLE001 - any failure means: do not use it
-        warnings.warn(f"fla chunk kernel refused on {device} {dtype} head_dim={head_dim}: {exc}; "
-                      "using the torch chunked kernel", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"fla chunk kernel refused on {device} {dtype} head_dim={head_dim}: {exc}; "
+            "using the torch chunked kernel",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
     return True
 

@@ -17,6 +17,7 @@ from .attention import acc_dtype
 from .config import Problem
 from .layers import is_softmax_layer
 from .options import zero3
+from .video import video_options
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class MemCost:
 
 INDEX_BYTES = 8  # int64 token positions
 DECAY_BYTES = 8  # float64 per-head decays
+COND_BYTES = 8  # the float64 adaLN conditioning vector (video.py)
 
 
 def acc_bytes(dtype: torch.dtype) -> int:
@@ -191,7 +193,7 @@ def linear_kernel_act(batch: int, length: int, heads: int, head_dim: int, dtype:
 def layer_norm_act(tokens: int, hidden: int, elem: int, stats_elem: int) -> int:
     """One LayerNorm on `tokens` rows, its saved input excluded: the mean and rstd [T, 1] of
     `stats_elem` bytes (the input dtype on CPU, float32 for half inputs on CUDA) and the normalised
-    rows (saved by the linears after it)."""
+    rows (saved by the linears after it, or by the adaLN modulation), affine or not."""
     return 2 * tokens * stats_elem + tokens * hidden * elem
 
 
@@ -201,27 +203,64 @@ def gelu_mlp_act(tokens: int, ffn_hidden: int, elem: int) -> int:
 
 
 def video_rope_positions(p: Problem, frames: int) -> int:
-    """RoPE positions of a temporal block over `frames` frames: the model's `temporal_rope` (on
-    unless turned off, as video.py's VideoLayer reads it) decides; spatial blocks have none."""
-    return frames if p.model.extra.get("temporal_rope", True) else 0
+    """RoPE positions of a temporal block over `frames` frames: the model's `temporal_rope` decides;
+    spatial blocks have none."""
+    return frames if video_options(p.model).temporal_rope else 0
 
 
-def video_block_act(p: Problem, tokens: int, positions: int, attention: int, mlp: int | None = None) -> int:
+def qk_norm_act(rows: int, head_dim: int, dtype: torch.dtype, input_saved: bool = True) -> int:
+    """RMSNorm over D of `rows` head vectors (q or k rows times their heads), beyond what the
+    attention keeps of its output: the statistic [rows, 1] and the normalised rows (saved by the
+    weight product); in full precision its input (pow and the product keep it: the projection's
+    output, unless `input_saved` says it is alive anyway), in low precision the float32 copy instead."""
+    e = dtype.itemsize
+    source = rows * head_dim * 4 if low_precision(dtype) else (rows * head_dim * e if input_saved else 0)
+    return source + rows * acc_bytes(dtype) + rows * head_dim * e
+
+
+def adaln_block_act(p: Problem, tokens: int) -> int:
+    """What a block's adaLN modulation adds on `tokens` rows: each of the two modulations keeps the
+    normalised rows (the product with 1 + scale; the linears after it keep its result instead of the
+    norm's) and 1 + scale [B, C]; each gate keeps the branch output (Wo's, fc2's) and, through its
+    view, the modulation linear's [B, 6C] output."""
+    if not video_options(p.model).adaln:
+        return 0
+    d, e, b = p.model.hidden, p.elem_bytes, p.workload.batch_size
+    return 4 * tokens * d * e + 2 * b * d * e + 6 * b * d * e
+
+
+def video_block_act(p: Problem, tokens: int, positions: int, attention: int, mlp: int | None = None,
+                    qk_norm: int | None = None) -> int:
     """Saved activations of one VideoBlock on `tokens` local rows: both LayerNorms, the residual sum
     between them (the second norm's input), RoPE tables at `positions` (0: none), the GELU MLP (or
-    `mlp`, when the method splits it otherwise), plus `attention`: what the method's attention keeps
-    between the q/k/v projections and Wo's saved input, that input included. The block's own input
-    (the first norm's) and output are left to the caller."""
+    `mlp`, when the method splits it otherwise), the qk-norms of the model's `qk_norm` on q and k of
+    the `tokens` rows (or `qk_norm` bytes, when the method's heads and rows differ), the adaLN
+    modulation, plus `attention`: what the method's attention keeps between the q/k/v projections
+    (the qk-norms' outputs) and Wo's saved input, that input included. The block's own input (the
+    first norm's) and output are left to the caller."""
     m, e = p.model, p.elem_bytes
     if mlp is None:
         mlp = gelu_mlp_act(tokens, m.ffn_hidden, e)
+    if qk_norm is None:
+        qk_norm = qk_norm_act(tokens * (m.heads + m.kv_heads), m.head_dim, p.torch_dtype)
+    if not video_options(m).qk_norm:
+        qk_norm = 0
     residual = tokens * m.hidden * e
     stats = acc_bytes(p.torch_dtype) if p.on_gpu else e
-    return 2 * layer_norm_act(tokens, m.hidden, e, stats) + residual + rope_act(positions, m.head_dim, e) + mlp + attention
+    norms = 2 * layer_norm_act(tokens, m.hidden, e, stats)
+    rope = rope_act(positions, m.head_dim, e)
+    return norms + residual + rope + mlp + attention + qk_norm + adaln_block_act(p, tokens)
 
 
 def video_memory(p: Problem, weights: int, tokens: int, act: int) -> MemCost:
-    """A video method's step: `weights` parameter bytes (the video stack has no buffers), x and dy of
-    `tokens` local rows of width d, `act` saved; after the step every weight and x hold a gradient."""
-    stream = tokens * p.model.hidden * p.elem_bytes
-    return MemCost(param=weights, input=2 * stream, act=act, grad=weights + stream)
+    """A video method's step: `weights` parameter bytes, the float64 conditioning buffer c [B, C]
+    with adaLN, x and dy of `tokens` local rows of width d, `act` saved plus SiLU(c) (every block's
+    modulation keeps it) and its cast to the compute dtype (SiLU keeps it) unless that is float64;
+    after the step every weight and x hold a gradient."""
+    m, e, b = p.model, p.elem_bytes, p.workload.batch_size
+    stream = tokens * m.hidden * e
+    cond, cond_act = 0, 0
+    if video_options(m).adaln:
+        cond = b * m.hidden * COND_BYTES
+        cond_act = b * m.hidden * e
+    return MemCost(param=weights + cond, input=2 * stream, act=act + cond_act, grad=weights + stream)
