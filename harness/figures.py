@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 from hydra import compose, initialize_config_dir
+from matplotlib.ticker import NullFormatter
 from omegaconf import DictConfig, OmegaConf
 
 import methods
@@ -35,8 +36,8 @@ from . import reference
 from .capacity import fit_fields, training_state_bytes
 from .groups import CONF_DIR, option_keys
 from .problem import problem_from_cfg
-from .results import write_row
-from .run import execute
+from .results import read_row, write_row
+from .run import config_hash, execute
 
 log = logging.getLogger("harness.figures")
 
@@ -60,10 +61,18 @@ class Figure:
 
 
 class Runner:
-    """Composes and runs a figure's dryrun points, one row each, in OUT/rows/<figure>/."""
+    """Composes and runs a figure's dryrun points, one row each, in OUT/rows/<figure>/<config hash>/; a
+    point whose ok row is already there (same configuration) is not run again."""
 
     def __init__(self, out: Path, small: bool) -> None:
-        self.out, self.small, self.count = out, small, 0
+        self.out, self.small = out, small
+        self.done: dict[str, dict[str, dict]] = {}  # figure -> config hash -> ok row
+
+    def _done(self, fig: Figure) -> dict[str, dict]:
+        if fig.name not in self.done:
+            rows = (read_row(p) for p in (self.out / "rows" / fig.name).glob("*/result.json"))
+            self.done[fig.name] = {r["config_hash"]: r for r in rows if r["status"] == "ok"}
+        return self.done[fig.name]
 
     def compose(self, fig: Figure, overrides: list[str]) -> DictConfig:
         extra = fig.small if self.small else []
@@ -88,15 +97,17 @@ class Runner:
             problem = problem_from_cfg(cfg)
         except InvalidConfig:
             problem = None
-        self.count += 1
-        job_dir = self.out / "rows" / fig.name / f"{self.count:03d}"
-        started = time.monotonic()
-        row = execute(cfg, job_dir)
-        row.update(figure=fig.name, overrides=" ".join(overrides))
-        write_row(job_dir, row)
-        log.info(
-            "[%s] %s: %s (%.1f s)", fig.name, " ".join(overrides), row["status"], time.monotonic() - started
-        )
+        key = config_hash(cfg)
+        row = self._done(fig).get(key)
+        if row is None:
+            job_dir = self.out / "rows" / fig.name / key
+            started = time.monotonic()
+            row = execute(cfg, job_dir)
+            row.update(figure=fig.name, overrides=" ".join(overrides))
+            write_row(job_dir, row)
+            log.info(
+                "[%s] %s: %s (%.1f s)", fig.name, row["overrides"], row["status"], time.monotonic() - started
+            )
         return Point(overrides, cfg, problem, row)
 
     def points(self, fig: Figure) -> list[Point]:
@@ -128,20 +139,20 @@ def megatron_sp_table2(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     for p in ok(run.points(fig)):
         m, w, t = p.problem.model, p.problem.workload, p.problem.world_size
         symbols = {"s": w.seq_len, "b": w.batch_size, "h": m.hidden, "a": m.heads, "t": t}
-        config = "tensor + sequence parallel" if t > 1 else "no parallelism"
-        selective = "tensor + sequence parallel + selective recomputation"
-        ours = p.row["mem_fwd_end_detail"]["act"] * t  # one rank's share times t: the t=1 layer's whole
-        for published_config, expr_t in ((config, t), (selective, t)):
-            published = reference.evaluate(
-                ref.loc[published_config, "memory_expr"], **{**symbols, "t": expr_t}
-            )
+        ours = p.row["mem_fwd_end_detail"]["act"]  # one rank's saved activations
+        configs = [
+            "tensor + sequence parallel" if t > 1 else "no parallelism",
+            "tensor + sequence parallel + selective recomputation",
+        ]  # at t = 1: 34sbh, no score term
+        for config in configs:
+            published = reference.evaluate(ref.loc[config, "memory_expr"], **symbols)
             rows.append(
                 {
                     "configuration": f"t={t}",
-                    "published_row": published_config,
-                    "ours_bytes_per_rank": ours / t,
+                    "published_row": f"{config}: {ref.loc[config, 'memory_formula']}",
+                    "ours_bytes_per_rank": ours,
                     "published_bytes_per_rank": published,
-                    "ratio": ratio(ours / t, published),
+                    "ratio": ratio(ours, published),
                 }
             )
     note = (
@@ -250,10 +261,13 @@ def usp_table2(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     note = (
         "Per block, forward + backward, per rank. Activation comm in elements under the bus convention "
         "(x (N-1)/N, which the paper drops: ratio (N-1)/N = 0.875 at N=8 where the formulas agree). "
-        "SP-Unified is USP (ulysses x ring = 8); its table entry is an upper bound. Parameter comm: Llama "
-        "blocks have 9.37 d^2 weights, the paper counts a GPT block's 12 d^2; the bus convention gives an "
-        "all-reduce 2(N-1)/N. USP's ZeRO1/ZeRO2 are not methods here: our USP replicates optimizer state "
-        "(6P, the ZeRO1 row says 6P/N). Memory fractions compare N=8 with the same method at N=1."
+        "SP-Unified is USP (ulysses x ring = 8); its table entry is an upper bound. Ring: K and V travel "
+        "N-1 hops forward; backward sends K, V and the fp32 dK/dV accumulators, so ours is above 4. "
+        "Parameter comm: a Llama2-7B block has 12.06 d^2 weights (GPT: 12 d^2) and the bus convention "
+        "counts an all-reduce 2(N-1)/N = 1.75 times, ZeRO-3's 2 AG + RS 3(N-1)/N times, where the paper "
+        "counts 1 and 1.5. USP's ZeRO1/ZeRO2 are not methods here: our USP replicates the optimizer state "
+        "(6P; the ZeRO1 row says 6P/N). Memory fractions compare N=8 with the same method at N=1 (the "
+        "GQA row gives only the activation cost)."
     )
     return table, note
 
@@ -324,24 +338,23 @@ def dsp_2d_layer(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
         w, n = q.workload, q.world_size
         m_elems = w.batch_size * w.frames * w.spatial * q.model.hidden
         ours = p.row["comm_bytes_fwd"] / q.elem_bytes
-        counted = ref.loc[name, "counted_as"]
         published = reference.evaluate(ref.loc[name, "comm_volume_expr"], M=m_elems, N=n)
-        per_rank_published = published / n if counted == "total" else published
         rows.append(
             {
                 "method": name,
                 "ours_elements_per_rank": ours,
                 "published_elements": published,
-                "published_counted_as": counted,
-                "published_per_rank": per_rank_published,
                 "published_formula": ref.loc[name, "comm_volume_formula"],
-                "ratio": ratio(ours, per_rank_published),
+                "published_counted_as": ref.loc[name, "counted_as"],
+                "ratio": ratio(ours, published),
             }
         )
     note = (
-        "Forward of one 2D layer (spatial + temporal block), per rank, bus convention. The paper mixes "
-        "total volume (Megatron-SP, Ring) with per-device volume (Ulysses, DSP); 'published_per_rank' "
-        "divides the totals by N. Ring here exchanges K and V N-1 times ((N-1)/N x 2M/N per block)."
+        "Forward of one 2D layer (spatial + temporal block), per rank, bus convention ((N-1)/N per "
+        "collective, which the paper drops). Every entry, as printed, is one device's volume: Megatron-SP's "
+        "8 collectives each move (N-1)/N x M per rank and Ring passes K and V (M/N each) N-1 times, so the "
+        "'total' reading of those two rows (results/reference/README.md) is not needed; the ratio is (N-1)/N "
+        "for all four. M = B x T x S x C elements."
     )
     return pd.DataFrame(rows), note
 
@@ -386,29 +399,22 @@ def lasp2_table6(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     base, hardware = points[0], points[0].cfg.hardware
     train = OmegaConf.to_container(base.cfg.train)
     rows = []
-    dryrun = {p.problem.workload.seq_len: p for p in points}
-    scale = 1 if not run.small else base.problem.workload.seq_len / 2048
+    dryrun = {p.problem.workload.seq_len: p for p in points}  # at the experiment's world size
+    n0 = base.problem.world_size
+    scale, gpu_scale = (base.problem.workload.seq_len / 2048, 8) if run.small else (1, 1)
     for _, cell in ref.iterrows():
-        seq_len, gpus = (
-            int(cell.seq_len_tokens * scale) if run.small else int(cell.seq_len_tokens),
-            int(cell.gpus),
-        )
-        if run.small:
-            gpus = max(2, gpus // 8)
+        seq_len, gpus = int(cell.seq_len_tokens * scale), max(2, int(cell.gpus) // gpu_scale)
         q = replace(base.problem, world_size=gpus, workload=replace(base.problem.workload, seq_len=seq_len))
-        try:
-            methods.for_problem(q).validate(q)
-        except InvalidConfig:
-            continue
-        model_total = methods.for_problem(q).memory_cost(q).total
-        point = dryrun.get(seq_len) if gpus == base.problem.world_size else None
-        peak = point.row["peak_mem_bytes"] if point else model_total
+        # the dryrun with the same tokens per rank: activations, positions and the replicated weights are
+        # the same; only the gathered states (W per layer) differ
+        point = dryrun.get(seq_len * n0 // gpus) if seq_len * n0 % gpus == 0 else None
+        peak = point.row["peak_mem_bytes"] if point else methods.for_problem(q).memory_cost(q).total
         fit = fit_fields(q, hardware, peak, train)
         rows.append(
             {
                 "seq_len": seq_len,
                 "gpus": gpus,
-                "source": "dryrun" if point else "memory model",
+                "source": f"dryrun on {n0} ranks, same L/W" if point else "memory model",
                 "ours_GB": fit["mem_required_bytes"] / 1e9,
                 "published_GB": cell.value,
                 "ours_fits": fit["fits"],
@@ -417,10 +423,11 @@ def lasp2_table6(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
             }
         )
     note = (
-        "Ours: per-rank step peak (dryrun for the 16-GPU column, the memory model elsewhere) plus AdamW "
-        "mixed-precision state, against 80 GiB. Not counted: the embedding and LM head (128K vocab x 2048, "
-        "about 0.5B parameters with their state, which is most of the paper's flat 25.6 GB), the allocator's "
-        "reserve and the loss. Per-rank memory follows L / W in both."
+        "Ours: the per-rank step peak of the dryrun with the same tokens per rank (16 ranks; per-rank "
+        "memory follows L / W) plus AdamW mixed-precision state (12 bytes per parameter), in GB (1e9) as the "
+        "paper prints, fit against 80 GiB. Not counted: the embedding and LM head (128K vocab x 2048, about "
+        "0.5B parameters with their AdamW state, most of the paper's flat 25.6 GB), the allocator's reserve "
+        "and the loss; so ours sits below the paper's and its OOM boundary one step later."
     )
     return pd.DataFrame(rows), note
 
@@ -616,7 +623,7 @@ PLOTS = {
     ),
     "usp_table2": (["row", "quantity"], "ours", "published", "ours / published", None),
     "odysseus_cost": (["method", "quantity"], "ours", "published", "elements per rank", True),
-    "dsp_2d_layer": (["method"], "ours_elements_per_rank", "published_per_rank", "elements per rank", True),
+    "dsp_2d_layer": (["method"], "ours_elements_per_rank", "published_elements", "elements per rank", True),
     "lasp2_cost": (
         ["method", "world_size"],
         "ours_states_per_rank",
@@ -651,6 +658,7 @@ def plot_pairs(table: pd.DataFrame, fig: Figure, path: Path) -> None:
         ax.barh([i + 0.2 for i in y], table[published], height=0.4, label="published", color="tab:orange")
         if log:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
