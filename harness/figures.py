@@ -462,22 +462,26 @@ def ring_table1(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
 
 
 def longest(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
-    step = 64 if run.small else 8192
+    step = 64 if run.small else 65536
     rows = []
     for method in (
         ("ulysses",) if run.small else ("ulysses", "ring", "usp", "allgather_cp", "tp_sp", "odysseus")
     ):
         zero3s = (False, True) if "zero3" in option_keys("method", method) else (None,)
         for zero3, recompute in itertools.product(zero3s, ("none", "full")):
-            overrides = [f"method={method}", f"train.recompute={recompute}"]
-            overrides += [f"method.zero3={str(zero3).lower()}"] if zero3 is not None else []
-            rows.append(_boundary(run, fig, overrides, step))
+            overrides = [f"method={method}"] + (
+                [f"method.zero3={str(zero3).lower()}"] if zero3 is not None else []
+            )
+            rows.append(_boundary(run, fig, overrides, recompute, step))
     note = (
         f"Llama3-8B blocks (32 layers; embeddings and LM head not counted), one 8-rank node of 80 GiB, bf16, "
-        f"AdamW mixed (12 bytes of state per parameter), batch 1; sequence lengths in steps of {step}. "
-        "'model' is the memory models' binary search; 'dryrun' walks from it with dryrun rows until the "
-        "longest fitting length fits and the next does not. Without ZeRO-3 the replicated AdamW state of "
-        "8B parameters alone exceeds 80 GiB, so no length fits (tp_sp and odysseus shard weights by TP)."
+        f"AdamW mixed (12 bytes of state per parameter), batch 1; sequence lengths in steps of {step} tokens. "
+        "'model': binary search on the memory models (the step's categories added up, plus the training "
+        "terms). 'dryrun': the same search on dryrun rows started from the model's answer (the row's peak "
+        "plus the training terms; a dryrun row does not depend on train.*, so recompute on and off share "
+        "rows): its longest length fits in its row and the next step does not. Without ZeRO-3 the "
+        "replicated AdamW state of 8B parameters alone (plus bf16 weights and gradients, 112 GB) exceeds "
+        "80 GiB, so no length fits; tp_sp and odysseus shard the weights by TP."
     )
     return pd.DataFrame(rows), note
 
@@ -490,40 +494,54 @@ def _fits_model(q: Problem, hardware, train: dict) -> bool:
     return fit_fields(q, hardware, methods.for_problem(q).memory_cost(q).total, train)["fits"]
 
 
-def _boundary(run: Runner, fig: Figure, overrides: list[str], step: int) -> dict:
-    base_cfg = run.compose(fig, overrides)
-    base = problem_from_cfg(base_cfg)
-    train = OmegaConf.to_container(base_cfg.train)
-
-    def at(k: int) -> Problem:
-        return replace(base, workload=replace(base.workload, seq_len=k * step))
-
-    hi = 1
-    while _fits_model(at(hi), base_cfg.hardware, train):
-        hi *= 2
-    lo = 0  # fits at lo (0: nothing), not at hi
+def _longest(fits: Callable[[int], bool], start: int) -> int:
+    """The largest k with fits(k) (k = 0 fits by convention; fits grows false with k), searched from
+    `start`: doubling steps away from it, then bisection, so a close start costs two calls."""
+    if start == 0 or fits(start):
+        lo, d = start, 1
+        while fits(start + d):
+            lo, d = start + d, 2 * d
+        hi = start + d
+    else:
+        hi, d = start, 1
+        while start - d > 0 and not fits(start - d):
+            hi, d = start - d, 2 * d
+        lo = max(start - d, 0)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _fits_model(at(mid), base_cfg.hardware, train) else (lo, mid)
-    model_k = lo
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
-    @functools.cache
+
+def _boundary(run: Runner, fig: Figure, overrides: list[str], recompute: str, step: int) -> dict:
+    base_cfg = run.compose(fig, overrides)
+    base = problem_from_cfg(base_cfg)
+    train = {**OmegaConf.to_container(base_cfg.train), "recompute": recompute}
+
+    def model_fits(k: int) -> bool:
+        return k == 0 or _fits_model(
+            replace(base, workload=replace(base.workload, seq_len=k * step)), base_cfg.hardware, train
+        )
+
+    hi = 1
+    while model_fits(hi):
+        hi *= 2
+    model_k = _longest(model_fits, hi // 2)
+
     def dryrun_fits(k: int) -> bool:
+        if k == 0:
+            return True
         point = run.run(fig, [*overrides, f"workload.seq_len={k * step}"])
         if point.row["status"] != "ok":
             raise RuntimeError(f"{point.overrides}: {point.row['status']} {point.row.get('error')}")
         return fit_fields(point.problem, base_cfg.hardware, point.row["peak_mem_bytes"], train)["fits"]
 
-    k = model_k
-    while k > 0 and not dryrun_fits(k):
-        k -= 1
-    while dryrun_fits(k + 1):
-        k += 1
+    k = _longest(functools.cache(dryrun_fits), model_k)
     zero3 = next((o.split("=")[1] for o in overrides if o.startswith("method.zero3")), "n/a")
     return {
         "method": base.method,
         "zero3": zero3,
-        "recompute": train["recompute"],
+        "recompute": recompute,
         "model_longest_tokens": model_k * step,
         "dryrun_longest_tokens": k * step,
         "confirmed": k == model_k,
