@@ -657,8 +657,11 @@ def plot_pairs(table: pd.DataFrame, fig: Figure, path: Path) -> None:
     """One horizontal bar pair per table row (ours, published), or, for a table of mixed units, the
     ratio ours / published with 1 marked."""
     keys, ours, published, xlabel, log = PLOTS[fig.name]
-    names = [" | ".join(str(r[k]) for k in keys) for _, r in table.iterrows()]
-    f, ax = plt.subplots(figsize=(9, 0.34 * len(names) * (1 if log is None else 1.6) + 1.6))
+    names = [
+        " | ".join(str(r[k]) if isinstance(r[k], str) else f"{k}={r[k]}" for k in keys)
+        for _, r in table.iterrows()
+    ]
+    f, ax = plt.subplots(figsize=(10, 0.34 * len(names) * (1 if log is None else 1.6) + 1.6))
     y = list(range(len(names)))
     if log is None:  # mixed units: ours / published, 1 = agreement
         ax.barh(y, table["ratio"].fillna(0), color="tab:blue", label="ours / published")
@@ -674,13 +677,17 @@ def plot_pairs(table: pd.DataFrame, fig: Figure, path: Path) -> None:
     else:
         ax.barh([i - 0.2 for i in y], table[ours], height=0.4, label="ours (dryrun)", color="tab:blue")
         ax.barh([i + 0.2 for i in y], table[published], height=0.4, label="published", color="tab:orange")
+        for i, (a, b) in enumerate(zip(table[ours], table[published])):
+            ax.text(a, i - 0.2, f" {a:.3g}", va="center", fontsize=7)
+            ax.text(b, i + 0.2, f" {b:.3g}", va="center", fontsize=7)
+        ax.margins(x=0.2)
         if log:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
-    ax.set_title(fig.title)
+    f.suptitle(fig.title)
     ax.legend(fontsize=8, loc="lower right")
     f.tight_layout()
     f.savefig(path, dpi=110)
@@ -744,7 +751,7 @@ def plot_longest(table: pd.DataFrame, fig: Figure, path: Path) -> None:
     ax.set_yticks(list(y), names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("longest sequence (K tokens)")
-    ax.set_title(fig.title)
+    f.suptitle(fig.title)
     ax.legend(fontsize=8, loc="lower right")
     f.tight_layout()
     f.savefig(path, dpi=110)
