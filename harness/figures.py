@@ -105,6 +105,8 @@ class Runner:
             row = execute(cfg, job_dir)
             row.update(figure=fig.name, overrides=" ".join(overrides))
             write_row(job_dir, row)
+            if row["status"] == "ok":
+                self._done(fig)[key] = row
             log.info(
                 "[%s] %s: %s (%.1f s)", fig.name, row["overrides"], row["status"], time.monotonic() - started
             )
