@@ -702,11 +702,16 @@ def plot_fit_grid(table: pd.DataFrame, fig: Figure, path: Path) -> None:
     f, axes = plt.subplots(1, 2, figsize=(11, 0.42 * len(lengths) + 1.8), sharey=True)
     for ax, (col, fits, title) in zip(
         axes,
-        [("ours_GB", "ours_fits", "ours (dryrun / model)"), ("published_GB", "published_fits", "published")],
+        [
+            ("ours_GB", "ours_fits", "ours (dryrun + AdamW state)"),
+            ("published_GB", "published_fits", "published"),
+        ],
     ):
         grid = table.pivot_table(index="seq_len", columns="gpus", values=fits, aggfunc="first")
         grid = grid.reindex(index=lengths, columns=gpus).astype(float)
-        ax.imshow(grid.values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        ax.imshow(
+            grid.values, cmap="RdYlGn", vmin=-0.6, vmax=1.6, aspect="auto"
+        )  # light shades: text stays legible
         values = table.pivot_table(index="seq_len", columns="gpus", values=col, aggfunc="first")
         values = values.reindex(index=lengths, columns=gpus)
         for i, j in itertools.product(range(len(lengths)), range(len(gpus))):
