@@ -679,7 +679,7 @@ def plot_pairs(table: pd.DataFrame, fig: Figure, path: Path) -> None:
     else:
         ax.barh([i - 0.2 for i in y], table[ours], height=0.4, label="ours (dryrun)", color="tab:blue")
         ax.barh([i + 0.2 for i in y], table[published], height=0.4, label="published", color="tab:orange")
-        for i, (a, b) in enumerate(zip(table[ours], table[published])):
+        for i, (a, b) in enumerate(zip(table[ours].astype(float), table[published].astype(float))):
             ax.text(a, i - 0.2, f" {a:.3g}", va="center", fontsize=7)
             ax.text(b, i + 0.2, f" {b:.3g}", va="center", fontsize=7)
         ax.margins(x=0.2)
@@ -759,7 +759,7 @@ def plot_longest(table: pd.DataFrame, fig: Figure, path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("longest sequence (K tokens)")
     f.suptitle(fig.title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
     f.tight_layout()
     f.savefig(path, dpi=110)
     plt.close(f)
