@@ -660,7 +660,7 @@ def plot_pairs(table: pd.DataFrame, fig: Figure, path: Path) -> None:
     ratio ours / published with 1 marked."""
     keys, ours, published, xlabel, log = PLOTS[fig.name]
     names = [
-        " | ".join(str(r[k]) if isinstance(r[k], str) else f"{k}={r[k]}" for k in keys)
+        " | ".join(str(r[k]) if isinstance(r[k], str) else f"{k}={r[k]:g}" for k in keys)
         for _, r in table.iterrows()
     ]
     f, ax = plt.subplots(figsize=(10, 0.34 * len(names) * (1 if log is None else 1.6) + 1.6))
