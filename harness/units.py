@@ -40,3 +40,13 @@ def fmt(value: float | None, kind: Kind) -> str:
         return "-"
     divisor, name = unit_for(value, kind)
     return f"{value / divisor:.4g} {name}".rstrip()
+
+
+def fmt_tokens(n: float) -> str:
+    """A token count as papers write it: powers of 1024 as `32K`, `1M`; other counts with K/M of 1000."""
+    n = float(n)
+    for divisor, name in ((2.0**30, "G"), (2.0**20, "M"), (2.0**10, "K")):
+        if n >= divisor and n % divisor == 0:
+            return f"{n / divisor:g}{name}"
+    divisor, name = unit_for(n, "count")
+    return f"{n / divisor:.3g}{name}"

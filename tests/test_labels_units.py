@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.labels import CONFIG_COLUMNS, label, with_labels
-from harness.units import fmt, unit_for
+from harness.units import fmt, fmt_tokens, unit_for
 
 
 @pytest.mark.parametrize(
@@ -87,3 +87,14 @@ def test_fmt():
     assert fmt(1.5 * 2**30, "bytes") == "1.5 GiB"
     assert fmt(0.23, "seconds") == "230 ms"
     assert fmt(None, "count") == "-"
+
+
+def test_fmt_tokens():
+    assert [fmt_tokens(n) for n in (32768, 131072, 2**20, 3072, 1000, 300)] == [
+        "32K",
+        "128K",
+        "1M",
+        "3K",
+        "1K",
+        "300",
+    ]
