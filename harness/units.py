@@ -5,6 +5,7 @@ report's table, its axis labels and the notebooks, so a column and its plot say 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Literal
 
@@ -20,7 +21,7 @@ _UNITS: dict[str, list[tuple[float, str]]] = {
 def unit_for(values: Iterable[float] | float, kind: Kind) -> tuple[float, str]:
     """(divisor, unit name) for `values` of `kind` (bytes, seconds, or a count): the largest unit that
     keeps the largest finite |value| at or above 1. Missing values are ignored; with none, the base unit."""
-    if isinstance(values, (int, float)):
+    if isinstance(values, numbers.Real):  # numpy scalars included
         values = [values]
     finite = [abs(float(v)) for v in values if v is not None and math.isfinite(float(v))]
     biggest = max(finite, default=0.0)
