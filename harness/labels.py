@@ -79,3 +79,14 @@ def with_labels(df: pd.DataFrame) -> pd.DataFrame:
     video = column(df, "frames").fillna(0) * column(df, "spatial").fillna(0)
     tokens = video.where(video > 0, column(df, "seq_len")) * column(df, "batch_size").fillna(1)
     return df.assign(label=[label(r) for r in df.to_dict("records")], tokens=tokens.astype(float))
+
+
+def keep(df: pd.DataFrame, mask: pd.Series, why: str) -> pd.DataFrame:
+    """The rows where `mask` holds. The others are dropped with a printed line saying how many, why, and
+    which configurations (notebooks say what they leave out instead of averaging it in)."""
+    dropped = df[~mask]
+    if len(dropped):
+        names = sorted(set(with_labels(dropped)["label"]))
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        print(f"dropped {len(dropped)} row(s), {why}: {shown}")
+    return df[mask]

@@ -303,57 +303,64 @@ class CommBytes:
         ax.plot(rows["tokens"], rows["theory_comm"] / divisor, color=colour, ls="--", lw=1)
 
 
-def plots(df: pd.DataFrame, directory: Path) -> list[Path]:
-    """The three figures (those with data) into `directory`; returns their paths."""
+def step_time_figure(df: pd.DataFrame, path: Path) -> Path | None:
+    """Which method is fastest: the timed rows' step times (None when no row has one)."""
     rows = series(df)
-    written: list[Path] = []
+    rows = rows[column(rows, "step_time_ms").notna()]
     if rows.empty:
-        return written
-    timed = rows[column(rows, "step_time_ms").notna()]
-    if not timed.empty:
-        # real and emulated rows of one configuration share a panel: measured beside projected
-        timed = timed.assign(
-            panel=[", ".join(_panel_part(k, r[k]) for k in PANEL[:-1]) for _, r in timed.iterrows()]
-        )
-        written.append(
-            _figure(
-                timed,
-                "Which method is fastest as length grows? (step time per step, lower is better)",
-                "step time",
-                "seconds",
-                StepTime(),
-                directory / "step_time.png",
-            )
-        )
-    memory = rows[column(rows, "peak_mem_bytes").notna()]
-    if not memory.empty:
-        written.append(
-            _figure(
-                memory,
-                "Which method uses least memory? (peak per rank)",
-                "peak memory per rank",
-                "bytes",
-                PeakMemory(),
-                directory / "peak_memory.png",
-            )
-        )
-    comm = rows.assign(
+        return None
+    # real and emulated rows of one configuration share a panel: measured beside projected
+    rows = rows.assign(
+        panel=[", ".join(_panel_part(k, r[k]) for k in PANEL[:-1]) for _, r in rows.iterrows()]
+    )
+    title = "Which method is fastest as length grows? (time per training step, lower is better)"
+    return _figure(rows, title, "step time", "seconds", StepTime(), path)
+
+
+def memory_figure(df: pd.DataFrame, path: Path) -> Path | None:
+    """Which method uses least memory: peak per rank against the memory model and the capacity."""
+    rows = series(df)
+    rows = rows[column(rows, "peak_mem_bytes").notna()]
+    if rows.empty:
+        return None
+    return _figure(
+        rows,
+        "Which method uses least memory? (peak per rank)",
+        "peak memory per rank",
+        "bytes",
+        PeakMemory(),
+        path,
+    )
+
+
+def comm_figure(df: pd.DataFrame, path: Path) -> Path | None:
+    """Which method moves least data: counted bytes per rank per step against the cost model."""
+    rows = series(df)
+    rows = rows.assign(
         comm=column(rows, "comm_bytes_fwd") + column(rows, "comm_bytes_bwd"),
         theory_comm=column(rows, "theory_comm_bytes_fwd") + column(rows, "theory_comm_bytes_bwd"),
     )
-    comm = comm[comm["comm"] > 0]  # a world-size-1 row communicates nothing
-    if not comm.empty:
-        written.append(
-            _figure(
-                comm,
-                "Which method moves least data? (bytes per rank per step, fwd + bwd)",
-                "communication per rank",
-                "bytes",
-                CommBytes(),
-                directory / "comm_bytes.png",
-            )
-        )
-    return written
+    rows = rows[rows["comm"] > 0]  # a world-size-1 row communicates nothing
+    if rows.empty:
+        return None
+    return _figure(
+        rows,
+        "Which method moves least data? (bytes per rank per step, fwd + bwd)",
+        "communication per rank",
+        "bytes",
+        CommBytes(),
+        path,
+    )
+
+
+def plots(df: pd.DataFrame, directory: Path) -> list[Path]:
+    """The three figures (those with data) into `directory`; returns their paths."""
+    figures = [
+        step_time_figure(df, directory / "step_time.png"),
+        memory_figure(df, directory / "peak_memory.png"),
+        comm_figure(df, directory / "comm_bytes.png"),
+    ]
+    return [path for path in figures if path is not None]
 
 
 def write_report(directory: str | Path) -> list[Path]:
