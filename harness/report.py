@@ -189,9 +189,9 @@ def _figure(rows: pd.DataFrame, title: str, ylabel: str, kind: Kind, draw, path:
     return path
 
 
-def _axes(ax: plt.Axes, rows: pd.DataFrame, ylabel: str, yvalues: pd.Series) -> None:
-    """Log token axis ticked at the sizes present; log y only when the values span more than 30x."""
-    sizes = sorted(rows["tokens"].dropna().unique())
+def token_axis(ax: plt.Axes, tokens: pd.Series) -> None:
+    """A log2 x axis ticked at the token counts present (at most 7 labels, written as 32K, 1M)."""
+    sizes = sorted(tokens.dropna().unique())
     ax.set_xscale("log", base=2)
     step = max(1, -(-len(sizes) // 7))
     ax.xaxis.set_major_locator(FixedLocator(sizes[::step]))
@@ -199,6 +199,12 @@ def _axes(ax: plt.Axes, rows: pd.DataFrame, ylabel: str, yvalues: pd.Series) -> 
     ax.xaxis.set_minor_locator(NullLocator())
     if len(sizes) == 1:
         ax.set_xlim(sizes[0] / 1.5, sizes[0] * 1.5)
+    ax.set_xlabel("tokens per step")
+
+
+def _axes(ax: plt.Axes, rows: pd.DataFrame, ylabel: str, yvalues: pd.Series) -> None:
+    """Log token axis ticked at the sizes present; log y only when the values span more than 30x."""
+    token_axis(ax, rows["tokens"])
     positive = yvalues[yvalues > 0]
     if len(positive) and positive.max() / positive.min() > 30:
         ax.set_yscale("log")
