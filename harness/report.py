@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # reports are written on headless machines
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from .labels import CONFIG_COLUMNS, column, with_labels
 from .results import load
@@ -163,7 +163,7 @@ def _figure(rows: pd.DataFrame, title: str, ylabel: str, kind: Kind, draw, path:
         divisor, unit = unit_for(draw.values(here), kind)
         handles = []
         for i, (name, one) in enumerate(here.groupby("series", sort=True)):
-            colour, marker = f"C{i % 10}", MARKERS[(i // 10) % len(MARKERS)]
+            colour, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]  # equal values stay visible
             draw(ax, one.sort_values("tokens"), colour, marker, divisor)
             short = " ".join(w for w in name.split() if w not in shared) or name
             handles.append(Line2D([], [], color=colour, marker=marker, label=short))
@@ -208,6 +208,8 @@ def _axes(ax: plt.Axes, rows: pd.DataFrame, ylabel: str, yvalues: pd.Series) -> 
     positive = yvalues[yvalues > 0]
     if len(positive) and positive.max() / positive.min() > 30:
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 1-2-5 ticks: labels even within a decade
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
     elif len(positive):
         ax.set_ylim(0, positive.max() * 1.08)
@@ -261,31 +263,39 @@ class PeakMemory:
             Line2D([], [], color="grey", marker="o", label="peak (measured, or dryrun)"),
             Line2D([], [], color="grey", ls="--", label="memory model"),
         ]
-        if column(rows, "mem_capacity_bytes").notna().any():
+        if PeakMemory.near_capacity(rows).any():
             handles.append(Line2D([], [], color="black", ls=":", label="capacity of the hardware profile"))
         if column(rows, "fits").eq(False).any():
             handles.append(Line2D([], [], color="red", marker="x", ls="", ms=8, mew=2, label="does not fit"))
         return handles
 
     @staticmethod
-    def values(rows: pd.DataFrame) -> pd.Series:
-        cols = ["peak_mem_bytes", "theory_mem_bytes", "mem_capacity_bytes"]
-        return pd.concat([column(rows, c) for c in cols]).dropna()
+    def near_capacity(rows: pd.DataFrame) -> pd.Series:
+        """The capacities within 3x of the largest peak (drawn; one far above would squash the data)."""
+        capacity = column(rows, "mem_capacity_bytes").dropna()
+        return capacity[capacity <= 3 * rows["peak_mem_bytes"].max()]
+
+    def values(self, rows: pd.DataFrame) -> pd.Series:
+        cols = [column(rows, "peak_mem_bytes"), column(rows, "theory_mem_bytes"), self.near_capacity(rows)]
+        return pd.concat(cols).dropna()
 
     def __call__(self, ax: plt.Axes, rows: pd.DataFrame, colour: str, marker: str, divisor: float) -> None:
         ax.plot(rows["tokens"], rows["peak_mem_bytes"] / divisor, color=colour, marker=marker, ms=5)
         theory = column(rows, "theory_mem_bytes")
         if theory.notna().any():
             ax.plot(rows["tokens"], theory / divisor, color=colour, ls="--", lw=1)
-        for capacity in column(rows, "mem_capacity_bytes").dropna().unique():
+        # a series draws the capacities near its own peak: together, those near the panel's largest peak
+        near = self.near_capacity(rows)
+        for capacity in near.unique():
             ax.axhline(capacity / divisor, color="black", ls=":", lw=1)
-            ax.annotate(
-                f"capacity {fmt(capacity, 'bytes')}",
-                (0.01, capacity / divisor),
-                fontsize=8,
-                va="bottom",
-                xycoords=("axes fraction", "data"),
-            )
+        far = sorted(set(column(rows, "mem_capacity_bytes").dropna()) - set(near))
+        notes = [
+            f"capacity {fmt(c, 'bytes')}" + ("" if c in set(near) else " (far above)")
+            for c in sorted(set(near)) + far
+        ]
+        for note in notes:
+            if note not in {t.get_text() for t in ax.texts}:
+                ax.text(0.01, 0.97 - 0.07 * len(ax.texts), note, transform=ax.transAxes, fontsize=8, va="top")
         over = rows[column(rows, "fits").eq(False)]
         ax.plot(over["tokens"], over["peak_mem_bytes"] / divisor, "x", color="red", ms=8, mew=2)
 
