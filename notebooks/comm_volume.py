@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -22,13 +23,17 @@
 # scope (USP and Odysseus: forward + backward per layer; DSP: forward only per 2D layer; LASP-2: per
 # communication step). Below, each published expression (`results/reference/*.csv`, `*_expr` columns)
 # is evaluated at the row's shapes and converted to bytes with the row's element size, so the two
-# numbers sit side by side in the same unit. Rows are dryrun rows (fake tensors, exact bytes) with
-# `model.layers=1`, so "per layer" is the whole row.
+# numbers sit side by side in the same unit. The papers' tables are per layer: they are set beside
+# dryrun rows (fake tensors, exact bytes) of `model.layers=1` only; rows of other depths are dropped
+# there, and the cell says so.
 #
-# Rows come from `$SPBENCH_RESULTS` (default `results/`); a section with no rows says so.
+# `RESULTS` (the parameters cell; papermill can set it, or `$SPBENCH_RESULTS`) names the rows'
+# directory; tables and figures go to `RESULTS/analysis/comm_volume/`, beside the rows. A section with
+# no rows says so.
 
 # %%
 import os
+from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
@@ -37,13 +42,20 @@ from hydra import compose, initialize_config_dir
 from harness import reference
 from harness.cost_table import DSP_PAPER, dsp_table, odysseus_table
 from harness.groups import CONF_DIR
+from harness.labels import keep, with_labels
 from harness.problem import problem_from_cfg
 from harness.results import load
+from harness.units import fmt_tokens, unit_for
 
+# %% tags=["parameters"]
 RESULTS = os.environ.get("SPBENCH_RESULTS", "results/")
-df = load(RESULTS)
+
+# %%
+OUT = Path(RESULTS) / "analysis" / "comm_volume"
+OUT.mkdir(parents=True, exist_ok=True)
+df = with_labels(load(RESULTS))
 ok = df[df.status == "ok"].copy() if not df.empty else df
-print(f"{len(df)} rows under {RESULTS}, {len(ok)} ok")
+print(f"{len(df)} rows under {RESULTS}, {len(ok)} ok; outputs in {OUT}")
 pd.set_option("display.width", 200)
 pd.set_option("display.float_format", "{:.4g}".format)
 
@@ -60,10 +72,6 @@ def shapes(row: pd.Series):
     return problem_from_cfg(cfg)
 
 
-def label(row: pd.Series) -> str:
-    return row.method + ("+ZeRO3" if row.zero3 else "")
-
-
 def total(detail: dict, skip: tuple = ()) -> int:
     """Bytes of fwd + bwd, leaving out the collective kinds in `skip`."""
     return sum(b for phase in detail.values() for kind, b in phase.items() if kind not in skip)
@@ -75,7 +83,7 @@ def show(records: list[dict], csv: str, missing: str) -> pd.DataFrame:
     if table.empty:
         print(f"missing: {missing}")
     else:
-        table.to_csv(csv, index=False)
+        table.to_csv(OUT / csv, index=False)
         print(table.to_string(index=False))
     return table
 
@@ -94,35 +102,48 @@ if ok.empty:
     counted_vs_theory = pd.DataFrame()
 else:
     counted_vs_theory = pd.DataFrame({
-        "mode": ok["mode"], "method": ok.apply(label, axis=1), "model": ok["model"], "world_size": ok["world_size"],
-        "tokens": ok.seq_len.where(ok.workload != "video", ok.frames * ok.spatial).astype(int),
+        "mode": ok["mode"], "method": ok["label"], "model": ok["model"], "layers": ok["layers"],
+        "world_size": ok["world_size"], "tokens": ok["tokens"].astype(int),
         "counted_fwd_MiB": ok.comm_bytes_fwd / MiB, "theory_fwd_MiB": ok.theory_comm_bytes_fwd / MiB,
         "counted_bwd_MiB": ok.comm_bytes_bwd / MiB, "theory_bwd_MiB": ok.theory_comm_bytes_bwd / MiB,
         "equal": ok.comm_detail == ok.theory_comm_detail,
-    }).sort_values(["mode", "model", "method", "tokens"]).reset_index(drop=True)
-    counted_vs_theory.to_csv("comm_counted_vs_theory.csv", index=False)
+    }).sort_values(["mode", "model", "layers", "method", "tokens"]).reset_index(drop=True)
+    counted_vs_theory.to_csv(OUT / "comm_counted_vs_theory.csv", index=False)
     print(counted_vs_theory.to_string(index=False))
     print(f"\n{counted_vs_theory.equal.sum()} of {len(counted_vs_theory)} rows: counted == cost model")
 
 # %% [markdown]
-# Counted bytes per method and collective kind (dryrun rows at the longest sequence of each model).
+# Counted bytes per configuration and collective kind (dryrun rows at the longest sequence of each
+# model and depth; one panel per model and layer count, each in the unit that fits it).
 
 # %%
-# world-size-1 rows (the memory notebook's baseline) communicate nothing
-dry = ok[(ok["mode"] == "dryrun") & (ok.world_size > 1)] if not ok.empty else ok
+dry = ok[ok["mode"] == "dryrun"] if not ok.empty else ok
+dry = keep(dry, dry.world_size > 1, "world size 1 communicates nothing") if not dry.empty else dry
 if dry.empty:
     print("missing: no dryrun rows")
 else:
-    longest = dry.assign(tokens=dry.seq_len.where(dry.workload != "video", dry.frames * dry.spatial))
-    longest = longest[longest.tokens == longest.groupby("model").tokens.transform("max")]
-    by_kind = pd.DataFrame([{"model": r.model, "method": label(r), "phase": phase, "kind": kind, "GiB": b / 2**30}
-                            for _, r in longest.iterrows() for phase, kinds in r.comm_detail.items()
-                            for kind, b in kinds.items()])
-    g = sns.catplot(data=by_kind, x="method", y="GiB", hue="kind", col="model", col_wrap=2, kind="bar",
-                    errorbar=None, sharex=False, sharey=False, height=3, aspect=1.6, estimator="sum")
-    g.set_titles("{col_name} (fwd + bwd, per rank, longest sequence)")
+    depth = dry.model + ", " + dry.layers.astype(str) + " layer(s)"
+    longest = dry[dry.tokens == dry.groupby(depth).tokens.transform("max")]
+    by_kind = []
+    for _, group in longest.groupby(depth):
+        divisor, unit = unit_for([total(d) for d in group.comm_detail], "bytes")  # each panel in its own unit
+        by_kind += [{"panel": f"{r.model}, {r.layers} layer{'s' if r.layers != 1 else ''}, {fmt_tokens(r.tokens)} tokens"
+                              f" ({unit})", "config": r.label, "kind": kind, "bytes": b / divisor}
+                    for _, r in group.iterrows() for kinds in r.comm_detail.values() for kind, b in kinds.items()]
+    by_kind = pd.DataFrame(by_kind)
+    g = sns.catplot(data=by_kind, x="config", y="bytes", hue="kind", col="panel", col_wrap=2, kind="bar",
+                    errorbar=None, sharex=False, sharey=False, height=3.2, aspect=1.6, estimator="sum")
+    g.set_titles("{col_name}")
+    g.set_axis_labels("", "bytes per rank, fwd + bwd (unit in the title)")
+    g.set_xticklabels(rotation=30, ha="right")
     g.tight_layout()
-    g.savefig("comm_by_kind.png")
+    g.savefig(OUT / "comm_by_kind.png")
+
+# %% [markdown]
+# The papers' tables below are per layer: only rows of one layer are set beside them.
+
+# %%
+dry = keep(dry, dry.layers == 1, "the papers' tables are per layer (model.layers=1 rows only)") if not dry.empty else dry
 
 # %% [markdown]
 # ## 2. Odysseus README cost table (Llama2-7B, per layer, fwd + bwd, per device)

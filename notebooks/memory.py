@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -25,30 +26,37 @@
 #
 # Papers state memory per layer, in bytes (Megatron-SP) or as fractions of the unsharded amount
 # (Odysseus README, USP Table 2). Fractions here divide a rank's bytes at world size N by the
-# world-size-1 dryrun row of the same model and length. All rows use `model.layers=1`.
+# world-size-1 dryrun row of the same model, depth and length. Section 1 takes rows of any depth (one
+# panel per model and layer count); the papers' sections take `model.layers=1` rows only.
+#
+# `RESULTS` (the parameters cell; papermill can set it, or `$SPBENCH_RESULTS`) names the rows'
+# directory; tables and figures go to `RESULTS/analysis/memory/`, beside the rows.
 
 # %%
 import os
+from pathlib import Path
 
 import pandas as pd
-import seaborn as sns
 
 from harness import reference
+from harness.labels import keep, with_labels
+from harness.report import memory_figure
 from harness.results import load
 
+# %% tags=["parameters"]
 RESULTS = os.environ.get("SPBENCH_RESULTS", "results/")
-df = load(RESULTS)
+
+# %%
+OUT = Path(RESULTS) / "analysis" / "memory"
+OUT.mkdir(parents=True, exist_ok=True)
+df = with_labels(load(RESULTS))
 ok = df[df.status == "ok"].copy() if not df.empty else df
-dry = ok[ok["mode"] == "dryrun"] if not ok.empty else ok
-print(f"{len(df)} rows under {RESULTS}, {len(dry)} ok dryrun rows")
+dry = keep(ok, ok["mode"] == "dryrun", "not dryrun (the categories below are dryrun's)") if not ok.empty else ok
+print(f"{len(df)} rows under {RESULTS}, {len(dry)} ok dryrun rows; outputs in {OUT}")
 pd.set_option("display.width", 200)
 pd.set_option("display.float_format", "{:.4g}".format)
 GiB = 2.0 ** 30
 CATEGORIES = ["param", "input", "act", "grad"]
-
-
-def label(row: pd.Series) -> str:
-    return row.method + ("+ZeRO3" if row.zero3 else "")
 
 
 # %% [markdown]
@@ -59,9 +67,8 @@ if dry.empty:
     print("missing: no dryrun rows")
     memory = pd.DataFrame()
 else:
-    tokens = dry.seq_len.where(dry.workload != "video", dry.frames * dry.spatial).astype(int)
-    memory = pd.DataFrame({"method": dry.apply(label, axis=1), "model": dry.model, "world_size": dry.world_size,
-                           "tokens": tokens, "peak_GiB": dry.peak_mem_bytes / GiB})
+    memory = pd.DataFrame({"method": dry.label, "model": dry.model, "layers": dry.layers, "world_size": dry.world_size,
+                           "tokens": dry.tokens.astype(int), "peak_GiB": dry.peak_mem_bytes / GiB})
     for c in CATEGORIES:
         memory[f"peak_{c}_GiB"] = [d[c] / GiB for d in dry.peak_mem_detail]
     memory["fwd_end_act_GiB"] = [d["act"] / GiB for d in dry.mem_fwd_end_detail]
@@ -69,8 +76,8 @@ else:
     memory["theory_GiB"] = theory.astype(float) / GiB
     memory["theory_act_GiB"] = [d["act"] / GiB if isinstance(d, dict) else None
                                 for d in dry.get("theory_mem_detail", pd.Series(None, index=dry.index))]
-    memory = memory.sort_values(["model", "method", "world_size", "tokens"]).reset_index(drop=True)
-    memory.to_csv("memory.csv", index=False)
+    memory = memory.sort_values(["model", "layers", "method", "world_size", "tokens"]).reset_index(drop=True)
+    memory.to_csv(OUT / "memory.csv", index=False)
     print(memory.to_string(index=False))
     if memory.theory_GiB.isna().all():
         print("\nmissing: no row has a memory model (theory_mem_bytes is None everywhere)")
@@ -79,15 +86,20 @@ else:
               " (the model's total adds the four categories; the peak frees activations as gradients appear"
               " but adds backward transients, so it falls on either side)")
 
+# %% [markdown]
+# The report's memory figure on these rows: a panel per model, layer count and hardware profile (the
+# title says which), a series per configuration, the memory model dashed, the capacity dotted where
+# rows carry one.
+
 # %%
-if not memory.empty:
-    sharded = memory[memory.world_size > 1]
-    g = sns.relplot(data=sharded, x="tokens", y="peak_GiB", hue="method", col="model", col_wrap=2, kind="line",
-                    marker="o", height=3, aspect=1.4, facet_kws={"sharex": False, "sharey": False})
-    g.set(xscale="log")
-    g.set_titles("{col_name}: dryrun peak per rank, 1 layer")
-    g.tight_layout()
-    g.savefig("peak_memory.png")
+if not dry.empty:
+    memory_figure(dry, OUT / "peak_memory.png")
+
+# %% [markdown]
+# The papers' sections compare one layer:
+
+# %%
+dry = keep(dry, dry.layers == 1, "the papers state memory per layer (model.layers=1 rows only)") if not dry.empty else dry
 
 # %% [markdown]
 # ## 2. Odysseus README memory columns (Llama2-7B, N = 8)
@@ -107,12 +119,12 @@ def fractions(rows: pd.DataFrame) -> pd.DataFrame:
     """Each row's forward-end activations and parameters over the world-size-1 row of its model and length."""
     out = []
     for _, r in rows.iterrows():
-        base = single[(single.model == r.model) & (single.seq_len == r.seq_len)]
+        base = single[(single.model == r.model) & (single.layers == r.layers) & (single.tokens == r.tokens)]
         if base.empty:
             print(f"missing: world-size-1 row for {r.model} L={r.seq_len}")
             continue
         b = base.iloc[0]
-        out.append({"method": label(r), "model": r.model, "seq_len": r.seq_len, "N": r.world_size,
+        out.append({"method": r.method, "config": r.label, "model": r.model, "seq_len": r.seq_len, "N": r.world_size,
                     "act_fraction": r.mem_fwd_end_detail["act"] / b.mem_fwd_end_detail["act"],
                     "param_fraction": r.peak_mem_detail["param"] / b.peak_mem_detail["param"],
                     "row": r})
@@ -129,7 +141,7 @@ else:
     odysseus = odysseus.dropna(subset=["readme_method"])
     for col, expr in [("readme_act_fraction", "mem_activation_expr"), ("readme_param_fraction", "mem_param_grad_expr")]:
         odysseus[col] = [reference.evaluate(readme.loc[m, expr], N=n) for m, n in zip(odysseus.readme_method, odysseus.N)]
-    odysseus.to_csv("odysseus_memory.csv", index=False)
+    odysseus.to_csv(OUT / "odysseus_memory.csv", index=False)
     print(odysseus.to_string(index=False))
 
 # %% [markdown]
@@ -164,7 +176,7 @@ if mega.empty:
     print("missing: no tp_sp or world-size-1 dryrun rows")
 else:
     mega = mega.sort_values(["model", "t", "seq_len"]).reset_index(drop=True)
-    mega.to_csv("megatron_activation.csv", index=False)
+    mega.to_csv(OUT / "megatron_activation.csv", index=False)
     print(mega.to_string(index=False))
 
 # %% [markdown]
@@ -192,5 +204,5 @@ else:
     usp["usp_param_grad"] = usp.usp_row.map(usp_ref.mem_param_grad_formula)
     usp["usp_act_fraction"] = [reference.evaluate(usp_ref.loc[m, "mem_activation_expr"], A=1, N=n)
                                for m, n in zip(usp.usp_row, usp.N)]
-    usp.to_csv("usp_memory.csv", index=False)
+    usp.to_csv(OUT / "usp_memory.csv", index=False)
     print(usp.to_string(index=False))
