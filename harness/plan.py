@@ -1,0 +1,504 @@
+"""`python -m harness.plan model=... workload.seq_len=... world_size=... hardware=... dtype=...`: every
+registered method and every valid choice of its options for one model, workload and cluster, ranked
+by predicted step time among those that fit. `python -m harness.plan calibrate` measures the local
+device's kernel rates first (harness/calibration.py); `--confirm K` (plan.confirm=K) dryruns the top K
+and checks that their bytes and memory equal the prediction exactly.
+
+Predictions are closed-form, no dryrun in the loop: per-rank bytes by kind from each method's
+`comm_cost` (equal to a dryrun's), split by link (a collective whose group spans nodes of
+`hardware.gpus` ranks runs inter-node, as harness/projection.py projects it), memory from each
+method's `memory_cost` (the same), compute from harness/work.py over the calibration profile."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+import methods
+from methods.common.config import InvalidConfig, ModelConfig, Problem, Workload
+from methods.usp import grid_position
+
+from . import calibration
+from .flops import step_flops
+from .problem import MODEL_KEYS, WORKLOAD_KEYS
+from .projection import spans_nodes
+from .work import BACKWARD, step_work
+
+log = logging.getLogger(__name__)
+
+ZERO3 = (False, True)
+RING_LAYOUTS = ("basic", "zigzag", "stripe")
+
+
+# ---- the configurations ----------------------------------------------------------------------------
+
+
+def option_grid(method: str, world_size: int, workload: str) -> Iterator[dict]:
+    """Every choice of a method's options (valid or not: validation decides)."""
+    if method == "ulysses":
+        attentions = ("temporal", "all") if workload == "video" else ("temporal",)
+        for zero3, attention in itertools.product(ZERO3, attentions):
+            yield {"zero3": zero3, "video_attention": attention}
+    elif method == "ring":
+        for layout, zero3 in itertools.product(RING_LAYOUTS, ZERO3):
+            yield {"layout": layout, "zero3": zero3}
+    elif method == "allgather_cp":
+        for layout, zero3 in itertools.product(("zigzag", "contiguous"), ZERO3):
+            yield {"layout": layout, "zero3": zero3}
+    elif method == "usp":
+        splits = [(u, world_size // u) for u in range(1, world_size + 1) if world_size % u == 0]
+        for (u, r), placement, layout, zero3 in itertools.product(
+            splits, ("ulysses_inner", "ring_inner"), RING_LAYOUTS, ZERO3
+        ):
+            yield {
+                "ulysses_degree": u,
+                "ring_degree": r,
+                "placement": placement,
+                "layout": layout,
+                "zero3": zero3,
+            }
+    elif method in ("lasp1", "lasp2"):
+        for zero3 in ZERO3:
+            yield {"zero3": zero3}
+    else:  # tp_sp, odysseus, dsp: no options
+        yield {}
+
+
+def label(p: Problem) -> str:
+    o = p.options
+    parts = [p.method]
+    if p.method == "usp":
+        parts += [f"u{o['ulysses_degree']}xr{o['ring_degree']}", o["placement"]]
+    if "layout" in o:
+        parts.append(o["layout"])
+    if o.get("video_attention") == "all":
+        parts.append("all-attn")
+    if o.get("zero3"):
+        parts.append("zero3")
+    return " ".join(parts)
+
+
+def candidates(base: Problem) -> tuple[list[Problem], dict[str, int], int]:
+    """(valid problems, rejection reason -> count, methods that do not run this model/workload)."""
+    valid, rejected, not_applicable = [], {}, 0
+    for name in methods.names():
+        probe = replace(base, method=name, options={})
+        try:
+            methods.for_problem(probe)
+        except InvalidConfig:
+            not_applicable += 1
+            continue
+        for options in option_grid(name, base.world_size, base.workload.name):
+            p = replace(base, method=name, options=options)
+            try:
+                methods.for_problem(p).validate(p)
+            except InvalidConfig as e:
+                reason = f"{name}: {_reason(str(e))}"
+                rejected[reason] = rejected.get(reason, 0) + 1
+                continue
+            valid.append(p)
+    return valid, rejected, not_applicable
+
+
+def _reason(message: str) -> str:
+    """A rejection message without its numbers' details, so equal causes count together."""
+    return message.split(":")[0].split(" (")[0]
+
+
+# ---- communication by link -------------------------------------------------------------------------
+
+
+def group_of(p: Problem, kind: str) -> list[int]:
+    """Rank 0's group for collectives of `kind`: USP's all-to-alls run in its Ulysses group and its
+    sends in its ring group; every other collective of every method runs over the whole world."""
+    if p.method == "usp" and kind in ("all_to_all", "send"):
+        position = grid_position(p, 0)
+        axis = (
+            0 if kind == "all_to_all" else 1
+        )  # same ring index = a Ulysses group; same Ulysses index = a ring
+        return [r for r in range(p.world_size) if grid_position(p, r)[axis] == position[axis]]
+    return list(range(p.world_size))
+
+
+def calls_of(p: Problem, kind: str, phase: str) -> int:
+    """Collective calls of a kind in a phase, for the latency term (approximate: the bytes are exact,
+    the call count follows each method's structure per layer). Ring sends: K and V every step forward;
+    K, V and the dK/dV accumulators backward; all-to-alls: q, k, v and the output; gradient all-reduce:
+    one bucket."""
+    layers = p.model.layers
+    if kind == "send":
+        g = len(group_of(p, kind))
+        return layers * (2 * (g - 1) if phase == "fwd" else 2 * (g - 1) + 2 * g)
+    if kind == "all_to_all":
+        return 4 * layers
+    if kind == "all_reduce":
+        return 1
+    return layers
+
+
+def link_seconds(hardware: DictConfig, inter: bool) -> tuple[float, float]:
+    """(bytes per second, latency in seconds) of an intra- or inter-node link."""
+    bw = hardware.get("inter_node_bw_GBps") if inter else None
+    latency = hardware.get("inter_node_latency_us") if inter else None
+    return 1e9 * (bw or hardware["link_bw_GBps"]), 1e-6 * (latency or hardware["latency_us"])
+
+
+def comm_by_link(p: Problem, hardware: DictConfig) -> dict:
+    """Exact bytes by phase, kind and link, and their projected seconds."""
+    gpus = int(hardware.get("gpus") or p.world_size)
+    cost = methods.for_problem(p).comm_cost(p)
+    out = {
+        "intra_bytes": 0.0,
+        "inter_bytes": 0.0,
+        "comm_s": 0.0,
+        "send_s_per_call": 0.0,
+        "all_gather_s": 0.0,
+        "detail": cost.as_dict(),
+    }
+    for phase, kinds in cost.bytes.items():
+        for kind, moved in kinds.items():
+            if not moved:
+                continue
+            inter = spans_nodes(group_of(p, kind), gpus)
+            bw, latency = link_seconds(hardware, inter)
+            out["inter_bytes" if inter else "intra_bytes"] += float(moved)
+            seconds = float(moved) / bw + calls_of(p, kind, phase) * latency
+            out["comm_s"] += seconds
+            if kind == "send":
+                out["send_s_per_call"] = max(out["send_s_per_call"], seconds / calls_of(p, kind, phase))
+            if kind == "all_gather":
+                out["all_gather_s"] += seconds
+    return out
+
+
+# ---- one prediction --------------------------------------------------------------------------------
+
+
+def overlap_saving(p: Problem, work, comm: dict, profile: calibration.Profile) -> float:
+    """Seconds the method's own overlap hides. Ring (and USP's ring): each step computes one block
+    while the next K/V block travels, so a step costs max(block compute, transfer); LASP-2: the state
+    all-gather runs during the intra-chunk compute; every other method is serial."""
+    attention = profile.rates["attention"]
+    if work.ring_steps and p.method in ("ring", "usp"):
+        transfer = 2 * comm["send_s_per_call"]  # K and V of one step
+        per_layer = sum(min((1 + BACKWARD) * f / attention.rate, transfer) for f in work.ring_steps[:-1])
+        return p.model.layers * per_layer
+    if p.method == "lasp2":
+        return min(work.linear_attention_flops / attention.rate, comm["all_gather_s"])
+    return 0.0
+
+
+def predict(
+    p: Problem, hardware: DictConfig, profile: calibration.Profile, memory_bytes: float | None
+) -> dict:
+    method = methods.for_problem(p)
+    memory = method.memory_cost(p)
+    comm = comm_by_link(p, hardware)
+    work = step_work(p)
+    compute_s = profile.seconds(work.work, work.calls, p.model.layers)
+    step_s = compute_s + comm["comm_s"]
+    overlap_s = step_s - overlap_saving(p, work, comm, profile)
+    _, effective = step_flops(p)
+    peak = 1e12 * float(hardware["peak_tflops"][p.dtype])
+    fits = None if memory_bytes is None else memory.total <= memory_bytes
+    return {
+        "label": label(p),
+        "method": p.method,
+        **{f"opt_{k}": v for k, v in p.options.items()},
+        "mem_GiB": memory.total / 2**30,
+        **{f"mem_{k}_bytes": v for k, v in memory.as_dict().items()},
+        "mem_bytes": memory.total,
+        "fits": fits,
+        "comm_fwd_bytes": float(sum(comm["detail"]["fwd"].values())),
+        "comm_bwd_bytes": float(sum(comm["detail"]["bwd"].values())),
+        "intra_node_bytes": comm["intra_bytes"],
+        "inter_node_bytes": comm["inter_bytes"],
+        "comm_detail": comm["detail"],
+        "comm_ms": 1e3 * comm["comm_s"],
+        "compute_ms": 1e3 * compute_s,
+        **{f"{c}_work": v for c, v in work.work.items()},
+        "step_ms_serial": 1e3 * step_s,
+        "step_ms": 1e3 * overlap_s,
+        "tokens_per_s": p.workload.tokens / overlap_s,
+        "mfu": effective / p.world_size / overlap_s / peak,
+        "calibrated": profile.calibrated,
+    }
+
+
+def problem_of(cfg: DictConfig) -> Problem:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model = ModelConfig(
+        **{k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg},
+        extra={k: v for k, v in model_cfg.items() if k not in MODEL_KEYS},
+    )
+    workload_cfg = OmegaConf.to_container(cfg.workload, resolve=True)
+    workload = Workload(**{k: workload_cfg[k] for k in WORKLOAD_KEYS if k in workload_cfg})
+    return Problem(
+        "",
+        model,
+        workload,
+        int(cfg.world_size),
+        cfg.dtype,
+        device="cuda" if str(cfg.hardware.name) != "cpu" else "cpu",
+    )
+
+
+def profile_for(cfg: DictConfig) -> calibration.Profile:
+    """plan.calibration: a profile's path, `auto` (results/calibration/<the hardware's device>.json
+    when there is one) or `none` (the documented defaults)."""
+    choice = str(cfg.plan.calibration)
+    path = Path(choice) if choice not in ("auto", "none") else calibration.profile_path(str(cfg.plan.device))
+    if choice != "none" and path.exists():
+        return calibration.load_profile(path, cfg.dtype)
+    if choice not in ("auto", "none"):
+        raise InvalidConfig(f"plan.calibration={choice}: no such file")
+    return calibration.default_profile(cfg.hardware, cfg.dtype)
+
+
+def plan_table(
+    base: Problem, hardware: DictConfig, profile: calibration.Profile, memory_bytes: float | None
+) -> tuple[pd.DataFrame, dict[str, int], int, list[Problem]]:
+    """The ranked table (fastest that fits first), the rejections, and the problems in table order."""
+    valid, rejected, not_applicable = candidates(base)
+    rows = [predict(p, hardware, profile, memory_bytes) for p in valid]
+    table = pd.DataFrame(rows)
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["fits"] is False, rows[i]["step_ms"]))
+    table = table.iloc[order].reset_index(drop=True)
+    table.insert(0, "rank", range(1, len(table) + 1))
+    table["why_not_first"] = [why_slower(table.iloc[0], row) if i else "" for i, row in table.iterrows()]
+    return table, rejected, not_applicable, [valid[i] for i in order]
+
+
+def why_slower(best: pd.Series, row: pd.Series) -> str:
+    """The main reason a configuration loses to the winner."""
+    if row["fits"] is False:
+        return f"memory: {row['mem_GiB']:.1f} GiB per rank does not fit"
+    gaps = {
+        "inter-node traffic": (row["comm_ms"] - best["comm_ms"])
+        if row["inter_node_bytes"] > best["inter_node_bytes"]
+        else 0,
+        "intra-node traffic": (row["comm_ms"] - best["comm_ms"])
+        if row["inter_node_bytes"] <= best["inter_node_bytes"]
+        else 0,
+        "compute (imbalance or extra work)": row["compute_ms"] - best["compute_ms"],
+        "less overlap": (row["step_ms"] - row["step_ms_serial"]) - (best["step_ms"] - best["step_ms_serial"]),
+    }
+    cause, gap = max(gaps.items(), key=lambda kv: kv[1])
+    return f"{cause} +{gap:.3g} ms" if gap > 0 else "ties the winner"
+
+
+def explain(table: pd.DataFrame, memory_bytes: float | None) -> str:
+    best = table.iloc[0]
+    fit_note = (
+        ""
+        if memory_bytes is None
+        else f" and needs {best['mem_GiB']:.1f} GiB per rank of {memory_bytes / 2**30:.0f} GiB"
+    )
+    link = (
+        f"{best['inter_node_bytes'] / 2**20:.0f} MiB of it over inter-node links"
+        if best["inter_node_bytes"]
+        else "all of it inside a node"
+    )
+    runner = table.iloc[1] if len(table) > 1 else None
+    versus = (
+        f" The runner-up, {runner['label']}, is {runner['step_ms'] / best['step_ms']:.2f}x slower "
+        f"({runner['why_not_first']})."
+        if runner is not None
+        else ""
+    )
+    return (
+        f"{best['label']} is predicted fastest: {best['step_ms']:.1f} ms per step "
+        f"({best['compute_ms']:.1f} ms compute, {best['comm_ms']:.1f} ms communication before overlap), "
+        f"{best['tokens_per_s']:.3g} tokens/s, MFU {best['mfu']:.2f}{fit_note}. Each rank moves "
+        f"{(best['comm_fwd_bytes'] + best['comm_bwd_bytes']) / 2**20:.0f} MiB per step, {link}.{versus}"
+    )
+
+
+# ---- confirmation by dryrun ------------------------------------------------------------------------
+
+
+def dryrun_check(problems: list[Problem]) -> list[dict]:
+    """Dryrun each problem in this process (ranks 0 and N-1, the two ends of every layout) and compare
+    the busiest played rank's bytes and memory with the prediction, exactly."""
+    from .run import _max_comm
+    from .worker import Job, entry_single
+
+    jobs, owners = [], []
+    for i, p in enumerate(problems):
+        for rank in sorted({0, p.world_size - 1}):
+            jobs.append(Job(p, mode="dryrun", play_rank=rank))
+            owners.append(i)
+    results = entry_single(jobs)
+    out = []
+    for i, p in enumerate(problems):
+        mine = [r for owner, r in zip(owners, results) if owner == i]
+        memory = [
+            {
+                "param": r["mem_fwd_end_detail"]["param"],
+                "input": r["mem_fwd_end_detail"]["input"],
+                "act": r["mem_fwd_end_detail"]["act"],
+                "grad": r["mem_end_detail"]["grad"],
+            }
+            for r in mine
+        ]
+        method = methods.for_problem(p)
+        predicted_comm, predicted_mem = method.comm_cost(p).as_dict(), method.memory_cost(p).as_dict()
+        busiest = max(memory, key=lambda d: sum(d.values()))
+        out.append(
+            {
+                "label": label(p),
+                "comm_equal": _max_comm(mine) == predicted_comm,
+                "memory_equal": busiest == predicted_mem,
+                "dryrun_comm": _max_comm(mine),
+                "predicted_comm": predicted_comm,
+                "dryrun_memory": busiest,
+                "predicted_memory": predicted_mem,
+            }
+        )
+    return out
+
+
+# ---- the command -----------------------------------------------------------------------------------
+
+COLUMNS = [
+    "rank",
+    "label",
+    "mem_GiB",
+    "fits",
+    "intra_node_bytes",
+    "inter_node_bytes",
+    "comm_ms",
+    "compute_ms",
+    "step_ms",
+    "mfu",
+    "why_not_first",
+]
+
+
+def printable(table: pd.DataFrame, top: int) -> str:
+    shown = table.head(top)[COLUMNS].copy()
+    for col in ("intra_node_bytes", "inter_node_bytes"):
+        shown[col] = (shown[col] / 2**20).round(0).astype(int)
+    shown = shown.rename(columns={"intra_node_bytes": "intra_MiB", "inter_node_bytes": "inter_MiB"})
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+
+
+def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
+    start = time.perf_counter()
+    base = problem_of(cfg)
+    profile = profile_for(cfg)
+    memory_gib = cfg.plan.memory_GiB if cfg.plan.memory_GiB is not None else cfg.hardware.get("memory_GiB")
+    memory_bytes = None if memory_gib is None else float(memory_gib) * 2**30
+    table, rejected, not_applicable, ordered = plan_table(base, cfg.hardware, profile, memory_bytes)
+    seconds = time.perf_counter() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flat = table.assign(comm_detail=table["comm_detail"].map(str))
+    flat.to_csv(out_dir / "plan.csv", index=False)
+    flat.to_parquet(out_dir / "plan.parquet", index=False)
+    print(
+        f"{base.model.name}, {base.workload.tokens} tokens, {base.world_size} ranks on {cfg.hardware.name} "
+        f"({cfg.hardware.get('gpus') or base.world_size} per node), {base.dtype}: {len(table)} valid "
+        f"configurations, planned in {seconds:.2f} s"
+    )
+    if not profile.calibrated:
+        print(
+            f"compute times UNCALIBRATED: default efficiencies of {cfg.hardware.name}'s peak "
+            f"(harness/calibration.py DEFAULT_EFFICIENCY); run `python -m harness.plan calibrate` on the device"
+        )
+    if memory_bytes is None:
+        print("no device memory known (hardware.memory_GiB or plan.memory_GiB): `fits` is not checked")
+    print(printable(table, int(cfg.plan.top)))
+    total_rejected = sum(rejected.values())
+    print(
+        f"\n{total_rejected} configurations rejected by validation"
+        + (":" if rejected else "")
+        + "".join(f"\n  {n} x {why}" for why, n in sorted(rejected.items(), key=lambda kv: -kv[1]))
+    )
+    if not_applicable:
+        print(
+            f"{not_applicable} registered methods do not run a {base.model.kind} model on the "
+            f"{base.workload.name} workload"
+        )
+    print(f"\n{explain(table, memory_bytes)}")
+    print(f"\nfull table: {out_dir / 'plan.csv'} (and plan.parquet)")
+    if cfg.plan.confirm:
+        checks = dryrun_check(ordered[: int(cfg.plan.confirm)])
+        for c in checks:
+            print(
+                f"dryrun {c['label']}: bytes {'equal' if c['comm_equal'] else 'DIFFER'}, "
+                f"memory {'equal' if c['memory_equal'] else 'DIFFERS'}"
+            )
+        if not all(c["comm_equal"] and c["memory_equal"] for c in checks):
+            raise SystemExit(1)
+    return table
+
+
+def run_calibrate(cfg: DictConfig) -> Path:
+    """Kernel rates on the local device, and the per-layer overhead from whole emulate steps of the
+    tiny block on one rank (what a layer costs beyond its kernels)."""
+    import torch
+
+    from .worker import Job, entry_single
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    profile = calibration.calibrate(device, cfg.dtype, 0.0, quick=bool(cfg.plan.quick))
+    base = problem_of(cfg)
+    probe = replace(
+        base,
+        method="ulysses",
+        world_size=1,
+        workload=replace(base.workload, seq_len=128, batch_size=1),
+        device=device.type,
+        options={},
+    )
+    [result] = entry_single([Job(probe, mode="emulate", warmup=2, iters=5)])
+    measured = sorted(result["step_times_s"])[len(result["step_times_s"]) // 2]
+    work = step_work(probe)
+    kernels = profile.seconds(work.work, work.calls, probe.model.layers)
+    profile = replace(profile, layer_overhead_s=max(0.0, (measured - kernels) / probe.model.layers))
+    path = (
+        Path(str(cfg.plan.calibration_out))
+        if cfg.plan.calibration_out
+        else calibration.profile_path(profile.device)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile.to_json(), indent=2) + "\n")
+    print(f"calibration of {profile.device} ({cfg.dtype}) written to {path}")
+    return path
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="plan")
+def _hydra_main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO if cfg.plan.verbose else logging.WARNING)
+    if cfg.plan.action == "calibrate":
+        run_calibrate(cfg)
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    run_plan(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def main() -> None:
+    """`calibrate` as the first argument and `--confirm K` become Hydra overrides."""
+    args = sys.argv[1:]
+    if args[:1] == ["calibrate"]:
+        args = ["plan.action=calibrate", *args[1:]]
+    if "--confirm" in args:
+        i = args.index("--confirm")
+        args[i : i + 2] = [f"plan.confirm={args[i + 1]}"]
+    sys.argv = [sys.argv[0], *args]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
