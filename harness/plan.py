@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import hydra
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import methods
 from methods.common.config import InvalidConfig, ModelConfig, Problem, Workload
+from methods.common.cost import bus_bytes
 from methods.usp import grid_position
 
 from . import calibration
@@ -44,11 +46,17 @@ RING_LAYOUTS = ("basic", "zigzag", "stripe")
 
 
 def option_grid(method: str, world_size: int, workload: str) -> Iterator[dict]:
-    """Every choice of a method's options (valid or not: validation decides)."""
-    if method == "ulysses":
-        attentions = ("temporal", "all") if workload == "video" else ("temporal",)
-        for zero3, attention in itertools.product(ZERO3, attentions):
-            yield {"zero3": zero3, "video_attention": attention}
+    """Every choice of a method's options (valid or not: validation decides). The video baselines
+    (methods/dsp/baselines.py) build neither ZeRO-3 nor a ring layout other than basic, though their
+    validation accepts both options: only the options they act on are enumerated."""
+    if method == "ulysses" and workload == "video":
+        for attention in ("temporal", "all"):
+            yield {"video_attention": attention}
+    elif method == "ulysses":
+        for zero3 in ZERO3:
+            yield {"zero3": zero3}
+    elif method == "ring" and workload == "video":
+        yield {}
     elif method == "ring":
         for layout, zero3 in itertools.product(RING_LAYOUTS, ZERO3):
             yield {"layout": layout, "zero3": zero3}
@@ -136,6 +144,8 @@ def calls_of(p: Problem, kind: str, phase: str) -> int:
     K, V and the dK/dV accumulators backward; all-to-alls: q, k, v and the output; gradient all-reduce:
     one bucket."""
     layers = p.model.layers
+    if kind == "send" and p.method == "lasp1":
+        return layers * chain_hops(p, kind)
     if kind == "send":
         g = len(group_of(p, kind))
         return layers * (2 * (g - 1) if phase == "fwd" else 2 * (g - 1) + 2 * g)
@@ -144,6 +154,12 @@ def calls_of(p: Problem, kind: str, phase: str) -> int:
     if kind == "all_reduce":
         return 1
     return layers
+
+
+def chain_hops(p: Problem, kind: str) -> int:
+    """Dependent hops one counted collective stands for on the critical path: LASP-1's state passes
+    rank to rank, W-1 hops per layer and phase, each rank sending once; everything else is one."""
+    return p.world_size - 1 if p.method == "lasp1" and kind == "send" else 1
 
 
 def link_seconds(hardware: DictConfig, inter: bool) -> tuple[float, float]:
@@ -158,11 +174,12 @@ def comm_by_link(p: Problem, hardware: DictConfig) -> dict:
     gpus = int(hardware.get("gpus") or p.world_size)
     cost = methods.for_problem(p).comm_cost(p)
     out = {
-        "intra_bytes": 0.0,
-        "inter_bytes": 0.0,
+        "intra_bytes": Fraction(0),
+        "inter_bytes": Fraction(0),
         "comm_s": 0.0,
         "send_s_per_call": 0.0,
         "all_gather_s": 0.0,
+        "comm_steps_per_layer": 0.0,
         "detail": cost.as_dict(),
     }
     for phase, kinds in cost.bytes.items():
@@ -171,13 +188,16 @@ def comm_by_link(p: Problem, hardware: DictConfig) -> dict:
                 continue
             inter = spans_nodes(group_of(p, kind), gpus)
             bw, latency = link_seconds(hardware, inter)
-            out["inter_bytes" if inter else "intra_bytes"] += float(moved)
-            seconds = float(moved) / bw + calls_of(p, kind, phase) * latency
+            out["inter_bytes" if inter else "intra_bytes"] += moved
+            seconds = chain_hops(p, kind) * float(moved) / bw + calls_of(p, kind, phase) * latency
+            if kind != "all_reduce":  # the gradient bucket is not a step of the layers
+                out["comm_steps_per_layer"] += calls_of(p, kind, phase) / p.model.layers
             out["comm_s"] += seconds
             if kind == "send":
                 out["send_s_per_call"] = max(out["send_s_per_call"], seconds / calls_of(p, kind, phase))
             if kind == "all_gather":
                 out["all_gather_s"] += seconds
+    out["intra_bytes"], out["inter_bytes"] = float(out["intra_bytes"]), float(out["inter_bytes"])
     return out
 
 
@@ -191,8 +211,11 @@ def overlap_saving(p: Problem, work, comm: dict, profile: calibration.Profile) -
     attention = profile.rates["attention"]
     if work.ring_steps and p.method in ("ring", "usp"):
         transfer = 2 * comm["send_s_per_call"]  # K and V of one step
-        per_layer = sum(min((1 + BACKWARD) * f / attention.rate, transfer) for f in work.ring_steps[:-1])
-        return p.model.layers * per_layer
+        steps = work.ring_steps[:-1]  # nothing travels during the last step
+        hidden = sum(
+            min(f / attention.rate, transfer) + min(BACKWARD * f / attention.rate, transfer) for f in steps
+        )
+        return p.model.layers * hidden
     if p.method == "lasp2":
         return min(work.linear_attention_flops / attention.rate, comm["all_gather_s"])
     return 0.0
@@ -224,6 +247,7 @@ def predict(
         "intra_node_bytes": comm["intra_bytes"],
         "inter_node_bytes": comm["inter_bytes"],
         "comm_detail": comm["detail"],
+        "comm_steps_per_layer": comm["comm_steps_per_layer"],
         "comm_ms": 1e3 * comm["comm_s"],
         "compute_ms": 1e3 * compute_s,
         **{f"{c}_work": v for c, v in work.work.items()},
@@ -327,9 +351,10 @@ def explain(table: pd.DataFrame, memory_bytes: float | None) -> str:
 # ---- confirmation by dryrun ------------------------------------------------------------------------
 
 
-def dryrun_check(problems: list[Problem]) -> list[dict]:
+def dryrun_check(problems: list[Problem], hardware: DictConfig) -> list[dict]:
     """Dryrun each problem in this process (ranks 0 and N-1, the two ends of every layout) and compare
-    the busiest played rank's bytes and memory with the prediction, exactly."""
+    with the prediction, exactly: the busiest played rank's bytes by phase and kind and its memory by
+    category, and its bytes by link (its records' groups placed on nodes of `hardware.gpus`)."""
     from .run import _max_comm
     from .worker import Job, entry_single
 
@@ -339,26 +364,25 @@ def dryrun_check(problems: list[Problem]) -> list[dict]:
             jobs.append(Job(p, mode="dryrun", play_rank=rank))
             owners.append(i)
     results = entry_single(jobs)
+    gpus = int(hardware.get("gpus") or max(p.world_size for p in problems))
     out = []
     for i, p in enumerate(problems):
         mine = [r for owner, r in zip(owners, results) if owner == i]
-        memory = [
-            {
-                "param": r["mem_fwd_end_detail"]["param"],
-                "input": r["mem_fwd_end_detail"]["input"],
-                "act": r["mem_fwd_end_detail"]["act"],
-                "grad": r["mem_end_detail"]["grad"],
-            }
-            for r in mine
-        ]
+        memory = [_measured_memory(r) for r in mine]
         method = methods.for_problem(p)
         predicted_comm, predicted_mem = method.comm_cost(p).as_dict(), method.memory_cost(p).as_dict()
         busiest = max(memory, key=lambda d: sum(d.values()))
+        links = {"intra": Fraction(0), "inter": Fraction(0)}
+        for (_, _, link), moved in _bytes_by_link(mine, gpus).items():
+            links[link] += moved
+        predicted_links = comm_by_link(p, hardware)
         out.append(
             {
                 "label": label(p),
                 "comm_equal": _max_comm(mine) == predicted_comm,
                 "memory_equal": busiest == predicted_mem,
+                "links_equal": (float(links["intra"]), float(links["inter"]))
+                == (predicted_links["intra_bytes"], predicted_links["inter_bytes"]),
                 "dryrun_comm": _max_comm(mine),
                 "predicted_comm": predicted_comm,
                 "dryrun_memory": busiest,
@@ -366,6 +390,28 @@ def dryrun_check(problems: list[Problem]) -> list[dict]:
             }
         )
     return out
+
+
+def _bytes_by_link(results: list[dict], gpus: int) -> dict[tuple[str, str, str], Fraction]:
+    """(phase, kind, link) -> the busiest played rank's bytes, as the cost models count the busiest
+    rank per phase and kind (LASP-1's first rank sends only forward, its last only backward)."""
+    busiest: dict[tuple[str, str, str], Fraction] = {}
+    for result in results:
+        mine: dict[tuple[str, str, str], Fraction] = {}
+        for record in result["comm_records"]:
+            key = (record.phase, record.kind, "inter" if spans_nodes(record.ranks, gpus) else "intra")
+            mine[key] = mine.get(key, Fraction(0)) + bus_bytes(
+                record.kind, record.full_bytes, record.group_size
+            )
+        for key, moved in mine.items():
+            busiest[key] = max(busiest.get(key, Fraction(0)), moved)
+    return busiest
+
+
+def _measured_memory(result: dict) -> dict[str, int]:
+    """A dryrun's memory in the categories of the memory models (methods/common/memory.py)."""
+    fwd_end, end = result["mem_fwd_end_detail"], result["mem_end_detail"]
+    return {"param": fwd_end["param"], "input": fwd_end["input"], "act": fwd_end["act"], "grad": end["grad"]}
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -432,13 +478,14 @@ def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     print(f"\n{explain(table, memory_bytes)}")
     print(f"\nfull table: {out_dir / 'plan.csv'} (and plan.parquet)")
     if cfg.plan.confirm:
-        checks = dryrun_check(ordered[: int(cfg.plan.confirm)])
+        checks = dryrun_check(ordered[: int(cfg.plan.confirm)], cfg.hardware)
         for c in checks:
             print(
                 f"dryrun {c['label']}: bytes {'equal' if c['comm_equal'] else 'DIFFER'}, "
-                f"memory {'equal' if c['memory_equal'] else 'DIFFERS'}"
+                f"memory {'equal' if c['memory_equal'] else 'DIFFERS'}, "
+                f"bytes by link {'equal' if c['links_equal'] else 'DIFFER'}"
             )
-        if not all(c["comm_equal"] and c["memory_equal"] for c in checks):
+        if not all(c["comm_equal"] and c["memory_equal"] and c["links_equal"] for c in checks):
             raise SystemExit(1)
     return table
 
