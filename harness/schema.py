@@ -1,8 +1,9 @@
 """The typed schema of a job's config (top level, bench, fault, workload, model) and its range checks.
 
 Validated inside the job (`execute`), not while Hydra composes: a wrong type there would end the whole
-multirun without rows, here it is one `invalid` row whose message names the key. `method.*` and
-`hardware.*` are not typed here (methods validate their own options)."""
+multirun without rows, here it is one `invalid` row whose message names the key. `method.*` is
+typed while Hydra composes, by the schema each method's options class gives its conf/method/ files
+(methods/common/options.py); `hardware.*` is not typed."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class ConfigSchema:
     train: TrainSchema = field(default_factory=TrainSchema)
     workload: WorkloadSchema = field(default_factory=WorkloadSchema)
     model: ModelSchema = field(default_factory=ModelSchema)
-    method: Any = None  # typed by the methods themselves
+    method: Any = None  # typed by the method's own schema
     hardware: Any = None
 
 
