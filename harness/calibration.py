@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -98,7 +97,8 @@ def load_profile(path: Path, dtype: str) -> Profile:
 # ---- measurement -----------------------------------------------------------------------------------
 
 
-def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+def _best_seconds(fn, device: torch.device, repeats: int) -> float:
+    """The fastest of `repeats` runs: on a shared machine the other processes only ever add time."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -109,7 +109,7 @@ def _median_seconds(fn, device: torch.device, repeats: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def _fit(points: list[tuple[float, float, float]]) -> ClassRate:
@@ -119,7 +119,9 @@ def _fit(points: list[tuple[float, float, float]]) -> ClassRate:
     b = torch.tensor([s for _, _, s in points], dtype=torch.float64)
     coef = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
     call_s, per_work = float(coef[0]), float(coef[1])
-    if per_work <= 0 or call_s < 0:  # the fit is dominated by noise: time per unit work of the largest point
+    if (
+        per_work <= 0 or call_s < 0 or call_s > min(s for _, _, s in points)
+    ):  # the fit is dominated by noise: time per unit work of the largest point
         work, _, seconds = max(points)
         call_s, per_work = 0.0, seconds / work
     return ClassRate(1.0 / per_work, call_s)
@@ -129,7 +131,7 @@ def measure_gemm(device: torch.device, dtype: torch.dtype, sizes: list[int], rep
     points = []
     for n in sizes:
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        points.append((2.0 * n**3, 1.0, _median_seconds(lambda a=a, b=b: a @ b, device, repeats)))
+        points.append((2.0 * n**3, 1.0, _best_seconds(lambda a=a, b=b: a @ b, device, repeats)))
     return _fit(points)
 
 
@@ -148,7 +150,7 @@ def measure_attention(
                 attn_backward(torch.ones_like(out), q, k, v, out, lse, causal)
 
             flops = 3 * 4.0 * length * length * heads * head_dim * (0.5 if causal else 1.0)
-            points.append((flops, 2.0, _median_seconds(step, device, repeats)))
+            points.append((flops, 2.0, _best_seconds(step, device, repeats)))
     return _fit(points)
 
 
@@ -162,7 +164,7 @@ def measure_elementwise(
             (
                 3.0 * n * x.element_size(),
                 1.0,
-                _median_seconds(lambda x=x, y=y: torch.add(x, y), device, repeats),
+                _best_seconds(lambda x=x, y=y: torch.add(x, y), device, repeats),
             )
         )
     return _fit(points)

@@ -11,11 +11,13 @@ method's `memory_cost` (the same), compute from harness/work.py over the calibra
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
 import sys
 import time
+import typing
 from collections.abc import Iterator
 from dataclasses import replace
 from fractions import Fraction
@@ -26,11 +28,14 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 import methods
+from methods.common import options as opts
 from methods.common.config import InvalidConfig, ModelConfig, Problem, Workload
 from methods.common.cost import bus_bytes
+from methods.common.options import MethodOptions
 from methods.usp import grid_position
 
 from . import calibration
+from .capacity import training_state_bytes
 from .flops import step_flops
 from .problem import MODEL_KEYS, WORKLOAD_KEYS
 from .projection import spans_nodes
@@ -38,56 +43,44 @@ from .work import BACKWARD, step_work
 
 log = logging.getLogger(__name__)
 
-ZERO3 = (False, True)
-RING_LAYOUTS = ("basic", "zigzag", "stripe")
-
 
 # ---- the configurations ----------------------------------------------------------------------------
 
 
 def option_grid(method: str, world_size: int, workload: str) -> Iterator[dict]:
-    """Every choice of a method's options (valid or not: validation decides). The video baselines
-    (methods/dsp/baselines.py) build neither ZeRO-3 nor a ring layout other than basic, though their
-    validation accepts both options: only the options they act on are enumerated."""
-    if method == "ulysses" and workload == "video":
-        for attention in ("temporal", "all"):
-            yield {"video_attention": attention}
-    elif method == "ulysses":
-        for zero3 in ZERO3:
-            yield {"zero3": zero3}
-    elif method == "ring" and workload == "video":
-        yield {}
-    elif method == "ring":
-        for layout, zero3 in itertools.product(RING_LAYOUTS, ZERO3):
-            yield {"layout": layout, "zero3": zero3}
-    elif method == "allgather_cp":
-        for layout, zero3 in itertools.product(("zigzag", "contiguous"), ZERO3):
-            yield {"layout": layout, "zero3": zero3}
-    elif method == "usp":
-        splits = [(u, world_size // u) for u in range(1, world_size + 1) if world_size % u == 0]
-        for (u, r), placement, layout, zero3 in itertools.product(
-            splits, ("ulysses_inner", "ring_inner"), RING_LAYOUTS, ZERO3
-        ):
-            yield {
-                "ulysses_degree": u,
-                "ring_degree": r,
-                "placement": placement,
-                "layout": layout,
-                "zero3": zero3,
-            }
-    elif method in ("lasp1", "lasp2"):
-        for zero3 in ZERO3:
-            yield {"zero3": zero3}
-    else:  # tp_sp, odysseus, dsp: no options
-        yield {}
+    """Every choice of a method's typed options (methods.<m>.<M>Options), valid or not: validation
+    decides. Booleans take both values, Literal fields each choice, USP's degrees every split of the
+    world size. The video baselines (methods/dsp/baselines.py) take Ring's and Ulysses's options but
+    build neither ZeRO-3 nor a ring layout other than basic: there only `video_attention` varies."""
+    hints = typing.get_type_hints(methods.options_class(method))
+    axes: dict[str, tuple] = {}
+    for f in dataclasses.fields(methods.options_class(method)):
+        if workload == "video" and f.name != "video_attention":
+            continue
+        if workload != "video" and f.name == "video_attention":
+            continue
+        if hints[f.name] is bool:
+            axes[f.name] = (False, True)
+        elif opts.choices(hints[f.name]):
+            axes[f.name] = opts.choices(hints[f.name])
+    degrees = "ulysses_degree" in hints
+    splits = (
+        [(u, world_size // u) for u in range(1, world_size + 1) if world_size % u == 0] if degrees else [None]
+    )
+    for split in splits:
+        for values in itertools.product(*axes.values()):
+            choice = dict(zip(axes, values))
+            if split is not None:
+                choice.update(ulysses_degree=split[0], ring_degree=split[1])
+            yield choice
 
 
 def label(p: Problem) -> str:
-    o = p.options
+    o = opts.as_dict(p.options)
     parts = [p.method]
     if p.method == "usp":
         parts += [f"u{o['ulysses_degree']}xr{o['ring_degree']}", o["placement"]]
-    if "layout" in o:
+    if "layout" in o and p.workload.name != "video":  # the video ring runs basic whatever its option
         parts.append(o["layout"])
     if o.get("video_attention") == "all":
         parts.append("all-attn")
@@ -177,6 +170,7 @@ def comm_by_link(p: Problem, hardware: DictConfig) -> dict:
         "intra_bytes": Fraction(0),
         "inter_bytes": Fraction(0),
         "comm_s": 0.0,
+        "comm_fwd_s": 0.0,
         "send_s_per_call": 0.0,
         "all_gather_s": 0.0,
         "comm_steps_per_layer": 0.0,
@@ -193,6 +187,8 @@ def comm_by_link(p: Problem, hardware: DictConfig) -> dict:
             if kind != "all_reduce":  # the gradient bucket is not a step of the layers
                 out["comm_steps_per_layer"] += calls_of(p, kind, phase) / p.model.layers
             out["comm_s"] += seconds
+            if phase == "fwd":
+                out["comm_fwd_s"] += seconds
             if kind == "send":
                 out["send_s_per_call"] = max(out["send_s_per_call"], seconds / calls_of(p, kind, phase))
             if kind == "all_gather":
@@ -222,33 +218,48 @@ def overlap_saving(p: Problem, work, comm: dict, profile: calibration.Profile) -
 
 
 def predict(
-    p: Problem, hardware: DictConfig, profile: calibration.Profile, memory_bytes: float | None
+    p: Problem,
+    hardware: DictConfig,
+    profile: calibration.Profile,
+    memory_bytes: float | None,
+    optimizer: str = "none",
+    recompute: str = "none",
 ) -> dict:
+    """One configuration's row. Memory: the method's one-step model plus the training state of
+    harness/capacity.py (`optimizer` state; `recompute=full` keeps one layer's activations), against
+    `memory_bytes`. Full recompute runs each layer's forward again in the backward: its compute and
+    its forward communication once more."""
     method = methods.for_problem(p)
     memory = method.memory_cost(p)
+    train = training_state_bytes(p, optimizer, recompute, memory)
     comm = comm_by_link(p, hardware)
     work = step_work(p)
     compute_s = profile.seconds(work.work, work.calls, p.model.layers)
-    step_s = compute_s + comm["comm_s"]
+    comm_s = comm["comm_s"]
+    if recompute == "full":
+        compute_s += compute_s / (1 + BACKWARD)
+        comm_s += comm["comm_fwd_s"]
+    step_s = compute_s + comm_s
     overlap_s = step_s - overlap_saving(p, work, comm, profile)
     _, effective = step_flops(p)
     peak = 1e12 * float(hardware["peak_tflops"][p.dtype])
-    fits = None if memory_bytes is None else memory.total <= memory_bytes
+    required = train["train_model_bytes"]
     return {
-        "label": label(p),
+        "label": label(p) + (" recompute" if recompute == "full" else ""),
         "method": p.method,
-        **{f"opt_{k}": v for k, v in p.options.items()},
-        "mem_GiB": memory.total / 2**30,
-        **{f"mem_{k}_bytes": v for k, v in memory.as_dict().items()},
-        "mem_bytes": memory.total,
-        "fits": fits,
+        **{f"opt_{k}": v for k, v in opts.as_dict(p.options).items()},
+        "mem_GiB": required / 2**30,
+        "mem_required_bytes": required,
+        **{f"mem_step_{k}_bytes": v for k, v in memory.as_dict().items()},
+        **train,
+        "fits": None if memory_bytes is None else required <= memory_bytes,
         "comm_fwd_bytes": float(sum(comm["detail"]["fwd"].values())),
         "comm_bwd_bytes": float(sum(comm["detail"]["bwd"].values())),
         "intra_node_bytes": comm["intra_bytes"],
         "inter_node_bytes": comm["inter_bytes"],
         "comm_detail": comm["detail"],
         "comm_steps_per_layer": comm["comm_steps_per_layer"],
-        "comm_ms": 1e3 * comm["comm_s"],
+        "comm_ms": 1e3 * comm_s,
         "compute_ms": 1e3 * compute_s,
         **{f"{c}_work": v for c, v in work.work.items()},
         "step_ms_serial": 1e3 * step_s,
@@ -273,6 +284,7 @@ def problem_of(cfg: DictConfig) -> Problem:
         workload,
         int(cfg.world_size),
         cfg.dtype,
+        MethodOptions(),  # each candidate replaces the method and its options
         device="cuda" if str(cfg.hardware.name) != "cpu" else "cpu",
     )
 
@@ -290,17 +302,24 @@ def profile_for(cfg: DictConfig) -> calibration.Profile:
 
 
 def plan_table(
-    base: Problem, hardware: DictConfig, profile: calibration.Profile, memory_bytes: float | None
+    base: Problem,
+    hardware: DictConfig,
+    profile: calibration.Profile,
+    memory_bytes: float | None,
+    optimizer: str = "none",
+    recomputes: tuple[str, ...] = ("none",),
 ) -> tuple[pd.DataFrame, dict[str, int], int, list[Problem]]:
-    """The ranked table (fastest that fits first), the rejections, and the problems in table order."""
+    """The ranked table (fastest that fits first), the rejections, and the problems in table order;
+    each valid problem once per recompute choice."""
     valid, rejected, not_applicable = candidates(base)
-    rows = [predict(p, hardware, profile, memory_bytes) for p in valid]
+    pairs = [(p, r) for p in valid for r in recomputes]
+    rows = [predict(p, hardware, profile, memory_bytes, optimizer, r) for p, r in pairs]
     table = pd.DataFrame(rows)
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["fits"] is False, rows[i]["step_ms"]))
     table = table.iloc[order].reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     table["why_not_first"] = [why_slower(table.iloc[0], row) if i else "" for i, row in table.iterrows()]
-    return table, rejected, not_applicable, [valid[i] for i in order]
+    return table, rejected, not_applicable, [pairs[i][0] for i in order]
 
 
 def why_slower(best: pd.Series, row: pd.Series) -> str:
@@ -323,6 +342,14 @@ def why_slower(best: pd.Series, row: pd.Series) -> str:
 
 def explain(table: pd.DataFrame, memory_bytes: float | None) -> str:
     best = table.iloc[0]
+    if best["fits"] is False:
+        smallest = table.loc[table["mem_required_bytes"].idxmin()]
+        return (
+            f"No configuration fits {memory_bytes / 2**30:.0f} GiB per rank: the smallest, "
+            f"{smallest['label']}, needs {smallest['mem_GiB']:.1f} GiB. More ranks, a shorter sequence "
+            f"or full recompute (plan.recompute) would be needed. Fastest regardless of memory: "
+            f"{best['label']}, {best['step_ms']:.1f} ms per step."
+        )
     fit_note = (
         ""
         if memory_bytes is None
@@ -358,6 +385,9 @@ def dryrun_check(problems: list[Problem], hardware: DictConfig) -> list[dict]:
     from .run import _max_comm
     from .worker import Job, entry_single
 
+    # a dryrun runs on the CPU, whose kernels allocate a little differently (methods/common/memory.py):
+    # the CPU's memory model is the one it confirms
+    problems = [replace(p, device="cpu") for p in problems]
     jobs, owners = [], []
     for i, p in enumerate(problems):
         for rank in sorted({0, p.world_size - 1}):
@@ -445,7 +475,9 @@ def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     profile = profile_for(cfg)
     memory_gib = cfg.plan.memory_GiB if cfg.plan.memory_GiB is not None else cfg.hardware.get("memory_GiB")
     memory_bytes = None if memory_gib is None else float(memory_gib) * 2**30
-    table, rejected, not_applicable, ordered = plan_table(base, cfg.hardware, profile, memory_bytes)
+    table, rejected, not_applicable, ordered = plan_table(
+        base, cfg.hardware, profile, memory_bytes, str(cfg.plan.optimizer), tuple(cfg.plan.recompute)
+    )
     seconds = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = table.assign(comm_detail=table["comm_detail"].map(str))
@@ -478,7 +510,8 @@ def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     print(f"\n{explain(table, memory_bytes)}")
     print(f"\nfull table: {out_dir / 'plan.csv'} (and plan.parquet)")
     if cfg.plan.confirm:
-        checks = dryrun_check(ordered[: int(cfg.plan.confirm)], cfg.hardware)
+        distinct = list(dict.fromkeys(ordered))  # a problem once, whatever its recompute rows
+        checks = dryrun_check(distinct[: int(cfg.plan.confirm)], cfg.hardware)
         for c in checks:
             print(
                 f"dryrun {c['label']}: bytes {'equal' if c['comm_equal'] else 'DIFFER'}, "
@@ -490,34 +523,32 @@ def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     return table
 
 
-def run_calibrate(cfg: DictConfig) -> Path:
-    """Kernel rates on the local device, and the per-layer overhead from whole emulate steps of the
-    tiny block on one rank (what a layer costs beyond its kernels)."""
+# the block whose whole emulate steps measure the per-layer overhead: small enough that the overhead,
+# not its kernels, is most of its time (conf/model/tiny.yaml)
+PROBE_MODEL = ModelConfig("tiny", hidden=64, heads=8, kv_heads=4, head_dim=8, ffn_hidden=128, layers=2)
+
+
+def calibrate_here(dtype: str, quick: bool = False, model: ModelConfig = PROBE_MODEL) -> calibration.Profile:
+    """Kernel rates on the local device (the GPU when there is one), and the per-layer overhead: what
+    a whole emulate step of `model` on one rank takes beyond its kernels' predicted time."""
     import torch
 
     from .worker import Job, entry_single
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    profile = calibration.calibrate(device, cfg.dtype, 0.0, quick=bool(cfg.plan.quick))
-    base = problem_of(cfg)
-    probe = replace(
-        base,
-        method="ulysses",
-        world_size=1,
-        workload=replace(base.workload, seq_len=128, batch_size=1),
-        device=device.type,
-        options={},
-    )
+    profile = calibration.calibrate(device, dtype, 0.0, quick=quick)
+    probe = Problem("ulysses", model, Workload(batch_size=1, seq_len=128), 1, dtype, {}, device=device.type)
     [result] = entry_single([Job(probe, mode="emulate", warmup=2, iters=5)])
-    measured = sorted(result["step_times_s"])[len(result["step_times_s"]) // 2]
+    measured = min(result["step_times_s"])  # the uncontended step (calibration._best_seconds)
     work = step_work(probe)
-    kernels = profile.seconds(work.work, work.calls, probe.model.layers)
-    profile = replace(profile, layer_overhead_s=max(0.0, (measured - kernels) / probe.model.layers))
-    path = (
-        Path(str(cfg.plan.calibration_out))
-        if cfg.plan.calibration_out
-        else calibration.profile_path(profile.device)
-    )
+    kernels = profile.seconds(work.work, work.calls, model.layers)
+    return replace(profile, layer_overhead_s=max(0.0, (measured - kernels) / model.layers))
+
+
+def run_calibrate(cfg: DictConfig) -> Path:
+    profile = calibrate_here(cfg.dtype, quick=bool(cfg.plan.quick))
+    out = cfg.plan.calibration_out
+    path = Path(str(out)) if out else calibration.profile_path(profile.device)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(profile.to_json(), indent=2) + "\n")
     print(f"calibration of {profile.device} ({cfg.dtype}) written to {path}")

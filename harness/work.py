@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from methods.common.config import Problem
 from methods.common.layers import is_softmax_layer
-from methods.ring import block_plan
+from methods.ring.attention import block_plan
 from methods.usp import degrees
 
 BACKWARD = 2  # backward work per unit of forward work
@@ -49,7 +49,7 @@ def ring_step_flops(p: Problem, ring: int, heads: int) -> list[list[float]]:
     """[rank][step] forward attention FLOPs of one layer of a ring over `ring` ranks."""
     w, m = p.workload, p.model
     length = w.seq_len // ring
-    layout = p.opt("layout", "zigzag")
+    layout = p.options.layout
     out = []
     for rank in range(ring):
         steps = []
@@ -98,7 +98,7 @@ def _softmax_layer(p: Problem, work: Work) -> tuple[float, int]:
         work.ring_steps = busiest
         return sum(busiest), sum(1 for f in busiest if f)
     if p.method in ("allgather_cp", "lasp2"):  # LASP-2H's softmax layers: all-gather CP, contiguous
-        return allgather_flops(p, p.opt("layout", "zigzag") if p.method == "allgather_cp" else "contiguous")
+        return allgather_flops(p, p.options.layout if p.method == "allgather_cp" else "contiguous")
     # whole sequence, a head group per rank (Ulysses, TP-SP, Odysseus)
     return _block_flops(w.batch_size, w.seq_len, w.seq_len, m.heads / n, m.head_dim, w.causal), 1
 
@@ -116,6 +116,7 @@ def step_work(p: Problem) -> Work:
         * (m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads) + mlp_mats * m.hidden * m.ffn_hidden)
     )
     elementwise = tokens * (HIDDEN_PASSES * m.hidden + FFN_PASSES * m.ffn_hidden) * e
+    softmax: tuple[float, int] | None = None
     for i in range(m.layers):
         work.work["gemm"] += (1 + BACKWARD) * blocks * gemm
         work.calls["gemm"] += (1 + BACKWARD) * blocks * GEMM_CALLS
@@ -123,8 +124,9 @@ def step_work(p: Problem) -> Work:
         work.calls["elementwise"] += (1 + BACKWARD) * blocks * ELEMENTWISE_CALLS
         if m.kind == "video":  # spatial attention over S per frame, temporal over T per position
             flops, calls = 4.0 * w.tokens * (w.spatial + w.frames) * m.heads * m.head_dim / n, 2
-        elif is_softmax_layer(m, i):
-            flops, calls = _softmax_layer(p, work)
+        elif is_softmax_layer(m, i):  # every softmax layer of a stack has the same shapes
+            softmax = softmax or _softmax_layer(p, work)
+            flops, calls = softmax
         else:  # linear attention: the state products and the masked intra-chunk products
             chunk = min(LINEAR_CHUNK, w.seq_len)
             flops = 4.0 * w.tokens * m.heads * m.head_dim * (m.head_dim + chunk) / n

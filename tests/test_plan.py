@@ -14,14 +14,15 @@ from omegaconf import OmegaConf
 
 from harness.plan import candidates, comm_by_link, dryrun_check, plan_table, problem_of, profile_for
 from methods.common.config import ModelConfig, Problem, Workload
+from methods.common.options import MethodOptions
 
 from .dist import TINY
 
-# two nodes of four ranks: world size 8 crosses nodes, so the by-link split is tested
+# nodes of two ranks: every world here spans nodes, and USP groups sit inside or across them
 HARDWARE = OmegaConf.create(
     {
         "name": "test",
-        "gpus": 4,
+        "gpus": 2,
         "peak_tflops": {"float32": 1.0, "bfloat16": 1.0},
         "link_bw_GBps": 100.0,
         "latency_us": 5.0,
@@ -44,16 +45,22 @@ LLAMA3_8B_1L = ModelConfig(
     layers=1,
     rope_theta=500000.0,
 )
+
+
+def base(model: ModelConfig, workload: Workload, world_size: int, dtype: str) -> Problem:
+    """A problem for the planner: each candidate sets the method and its options."""
+    return Problem("", model, workload, world_size, dtype, MethodOptions())
+
+
 LLM = Workload(batch_size=2, seq_len=32)
 BASES = [
-    Problem("", TINY, LLM, 4, "float32"),
-    Problem("", TINY, LLM, 8, "float32"),
-    Problem("", TINY, replace(LLM, causal=False), 4, "bfloat16"),
-    Problem("", LINEAR, LLM, 8, "float32"),
-    Problem("", HYBRID, LLM, 4, "float32"),
-    Problem("", VIDEO, Workload("video", batch_size=1, frames=4, spatial=12, causal=False), 4, "float32"),
-    Problem("", VIDEO, Workload("video", batch_size=1, frames=4, spatial=12, causal=False), 8, "float32"),
-    Problem("", LLAMA3_8B_1L, Workload(batch_size=1, seq_len=1 << 15), 16, "bfloat16"),
+    base(TINY, LLM, 4, "float32"),
+    base(TINY, replace(LLM, causal=False), 4, "bfloat16"),
+    base(LINEAR, LLM, 4, "float32"),
+    base(HYBRID, LLM, 4, "float32"),
+    base(VIDEO, Workload("video", batch_size=1, frames=4, spatial=12, causal=False), 4, "float32"),
+    base(VIDEO, Workload("video", batch_size=1, frames=4, spatial=12, causal=False), 8, "float32"),
+    base(LLAMA3_8B_1L, Workload(batch_size=1, seq_len=1 << 15), 8, "bfloat16"),
 ]
 CONF = Path(__file__).resolve().parent.parent / "conf"
 PER_METHOD = 3  # configurations per method and base
