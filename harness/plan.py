@@ -510,8 +510,10 @@ def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     print(f"\n{explain(table, memory_bytes)}")
     print(f"\nfull table: {out_dir / 'plan.csv'} (and plan.parquet)")
     if cfg.plan.confirm:
-        distinct = list(dict.fromkeys(ordered))  # a problem once, whatever its recompute rows
-        checks = dryrun_check(distinct[: int(cfg.plan.confirm)], cfg.hardware)
+        distinct: dict[str, Problem] = {}  # each configuration once, whatever its recompute rows
+        for p in ordered:
+            distinct.setdefault(label(p), p)
+        checks = dryrun_check(list(distinct.values())[: int(cfg.plan.confirm)], cfg.hardware)
         for c in checks:
             print(
                 f"dryrun {c['label']}: bytes {'equal' if c['comm_equal'] else 'DIFFER'}, "
