@@ -8,11 +8,12 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from harness.plan import candidates, comm_by_link, dryrun_check, plan_table, problem_of, profile_for
+from harness.plan import candidates, comm_by_link, dryrun_check, plan_table, problem_of, profile_for, run_plan
 from methods.common.config import ModelConfig, Problem, Workload
 from methods.common.options import MethodOptions
 
@@ -172,3 +173,33 @@ def test_lasp2_has_two_communication_steps_per_layer_lasp1_two_per_hop():
     assert lasp2["comm_detail"]["bwd"]["all_reduce"] == sync
     assert lasp2["comm_fwd_bytes"] == (world - 1) * lasp1["comm_fwd_bytes"]
     assert lasp2["step_ms"] < lasp1["step_ms"]
+
+
+def test_plan_command_writes_the_table_and_confirms_its_top(tmp_path, capsys):
+    """`python -m harness.plan` in-process on the tiny model over 8 ranks: every valid configuration
+    twice (recompute off/on) in plan.csv and plan.parquet, fastest that fits first, the rejections
+    counted by cause, the winner explained, and `--confirm 2` dryruns agreeing."""
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(
+            "plan",
+            overrides=[
+                "model=tiny",
+                "world_size=8",
+                "dtype=float32",
+                "hardware=h100_nvlink_8x",
+                "workload.seq_len=64",
+                "plan.calibration=none",
+                "plan.confirm=2",
+            ],
+        )
+    table = run_plan(cfg, tmp_path)
+    out = capsys.readouterr().out
+    valid, rejected, _ = candidates(problem_of(cfg))
+    assert len(table) == 2 * len(valid) == len(pd.read_csv(tmp_path / "plan.csv"))
+    assert len(pd.read_parquet(tmp_path / "plan.parquet")) == len(table)
+    fitting = table[table["fits"]]
+    assert fitting["step_ms"].is_monotonic_increasing and table.index[table["fits"]][0] == 0
+    assert f"{sum(rejected.values())} configurations rejected by validation" in out
+    assert "kv_heads=4 is not divisible by the TP degree 8" in out  # tp_sp and odysseus at 8 ranks
+    assert f"{table.loc[0, 'label']} is predicted fastest" in out
+    assert out.count("bytes equal, memory equal, bytes by link equal") == 2
