@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
+import psutil
+
 import methods
 from harness.launch import launch
 from harness.run import _max_comm
@@ -63,8 +65,8 @@ class Launches:
         launch_timeout_s: float = LAUNCH_TIMEOUT_S,
         case_timeout_s: float = CASE_TIMEOUT_S,
     ):
-        self.jobs = {
-            cid: c if isinstance(c, Job) else Job(c, verify=verify, warmup=0, iters=1)
+        self.jobs = {  # the counted step (bytes, memory, the check against the reference) is all tests read
+            cid: c if isinstance(c, Job) else Job(c, verify=verify, warmup=0, iters=0)
             for cid, c in cases.items()
         }
         self.launch_timeout_s, self.case_timeout_s = launch_timeout_s, case_timeout_s
@@ -97,6 +99,9 @@ class Launches:
             return
         except Exception as e:  # noqa: BLE001 -- attributed to the cases below
             batch = f"the launch of all {len(ids)} cases of world size {size} failed: {type(e).__name__}: {e}"
+            if len(ids) == 1:  # its own failure already
+                self.done[ids[0]] = CaseFailed(f"{ids[0]}: {batch}")
+                return
         alone: dict[str, list[dict] | CaseFailed] = {}
         for cid in ids:
             try:
@@ -113,6 +118,23 @@ class Launches:
 def run_cases(cases: Mapping[str, Problem], verify: bool = True) -> dict[str, list[dict]]:
     """{case id: [per-rank result]}, one launch per distinct world size."""
     return Launches(cases, verify).all()
+
+
+MARK = "SPBENCH_TEST_RUN"  # in the environment of a test's subprocesses, so their ranks can be found
+
+
+def rank_processes(mark: str) -> list[int]:
+    """PIDs of the rank processes (torch elastic's) whose environment has MARK=`mark`: those started
+    by the test that set it, not other runs on the same machine."""
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if "TORCHELASTIC_RUN_ID" in env and env.get(MARK) == mark:
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return pids
 
 
 def assert_exact(ranks: list[dict], tol: float = EXACT) -> None:
