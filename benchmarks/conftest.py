@@ -6,12 +6,13 @@ Kernels are found by trying them, not from a list of names: a kernel added to
 device and dtype (no CUDA, package missing, architecture too old) is left out of the parametrization
 instead of being skipped, so "every collected benchmark passed" means every runnable kernel was timed.
 """
+
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pytest
 import torch
@@ -35,9 +36,19 @@ class Size:
 # CPU: tiny, so the suite's untimed run stays quick; CUDA: one Llama3-8B attention layer (32 query
 # heads, 8 KV heads, head dim 128) at 8K tokens in bf16.
 SIZES = {
-    "cpu": Size(batch=1, length=256, heads=8, kv_heads=4, head_dim=64, dtype=torch.float32, ref_length=256, tol=1e-4),
-    "cuda": Size(batch=1, length=8192, heads=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16, ref_length=1024,
-                 tol=5e-2),
+    "cpu": Size(
+        batch=1, length=256, heads=8, kv_heads=4, head_dim=64, dtype=torch.float32, ref_length=256, tol=1e-4
+    ),
+    "cuda": Size(
+        batch=1,
+        length=8192,
+        heads=32,
+        kv_heads=8,
+        head_dim=128,
+        dtype=torch.bfloat16,
+        ref_length=1024,
+        tol=5e-2,
+    ),
 }
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SIZE = SIZES[DEVICE.type]
@@ -74,9 +85,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     s = SIZE
     left_out = {n: kernel_probe(n, DEVICE, s) for n in KERNELS if n not in usable_kernels()}
-    return [f"micro-benchmarks on {DEVICE.type}: B={s.batch} L={s.length} H={s.heads} Hkv={s.kv_heads} "
-            f"D={s.head_dim} {s.dtype}; kernels: {', '.join(usable_kernels())}",
-            *(f"  not runnable here: {n} ({why})" for n, why in left_out.items())]
+    return [
+        f"micro-benchmarks on {DEVICE.type}: B={s.batch} L={s.length} H={s.heads} Hkv={s.kv_heads} "
+        f"D={s.head_dim} {s.dtype}; kernels: {', '.join(usable_kernels())}",
+        *(f"  not runnable here: {n} ({why})" for n, why in left_out.items()),
+    ]
 
 
 @pytest.fixture(scope="session", autouse=True)

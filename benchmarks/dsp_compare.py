@@ -6,6 +6,7 @@
 2. dsp_720m at the paper's 0.5M-token point (T=128 x S=4096, B=1, bf16, SP size 2 as in the paper's
    end-to-end table, and 8): per-layer forward bytes from the cost models (which the tests hold equal
    to counted bytes), beside the paper's 8M / 4M/N / 2M / 2M/N."""
+
 from __future__ import annotations
 
 import statistics
@@ -18,12 +19,35 @@ from harness.run import _max_comm
 from harness.worker import Job, entry
 from methods.common.config import ModelConfig, Problem, Workload
 
-TINY_VIDEO = ModelConfig("tiny_video", hidden=32, heads=4, kv_heads=4, head_dim=8, ffn_hidden=128, layers=2,
-                         kind="video", extra={"temporal_rope": True})
-DSP_720M = ModelConfig("dsp_720m", hidden=1152, heads=16, kv_heads=16, head_dim=72, ffn_hidden=4608, layers=28,
-                       kind="video", extra={"temporal_rope": True})
-VARIANTS = [("dsp", {}), ("ulysses", {"video_attention": "temporal"}), ("ulysses", {"video_attention": "all"}),
-            ("ring", {}), ("tp_sp", {})]
+TINY_VIDEO = ModelConfig(
+    "tiny_video",
+    hidden=32,
+    heads=4,
+    kv_heads=4,
+    head_dim=8,
+    ffn_hidden=128,
+    layers=2,
+    kind="video",
+    extra={"temporal_rope": True},
+)
+DSP_720M = ModelConfig(
+    "dsp_720m",
+    hidden=1152,
+    heads=16,
+    kv_heads=16,
+    head_dim=72,
+    ffn_hidden=4608,
+    layers=28,
+    kind="video",
+    extra={"temporal_rope": True},
+)
+VARIANTS = [
+    ("dsp", {}),
+    ("ulysses", {"video_attention": "temporal"}),
+    ("ulysses", {"video_attention": "all"}),
+    ("ring", {}),
+    ("tp_sp", {}),
+]
 
 
 def main() -> None:
@@ -36,10 +60,14 @@ def main() -> None:
         comm = _max_comm(ranks)
         step = statistics.median(max(t) for t in zip(*(r["step_times_s"] for r in ranks)))
         label = method + (f"({opts['video_attention']})" if opts else "")
-        print(f"  {label:18s} fwd {sum(comm['fwd'].values()):9.0f}  bwd {sum(comm['bwd'].values()):9.0f}  "
-              f"step {1e3 * step:7.1f} ms   fwd {comm['fwd']}")
+        print(
+            f"  {label:18s} fwd {sum(comm['fwd'].values()):9.0f}  bwd {sum(comm['bwd'].values()):9.0f}  "
+            f"step {1e3 * step:7.1f} ms   fwd {comm['fwd']}"
+        )
     for n in (2, 8):
-        point = Problem("dsp", DSP_720M, Workload("video", batch_size=1, frames=128, spatial=4096), n, "bfloat16")
+        point = Problem(
+            "dsp", DSP_720M, Workload("video", batch_size=1, frames=128, spatial=4096), n, "bfloat16"
+        )
         print(f"\ndsp_720m, T=128 x S=4096 (0.5M tokens), B=1, bf16, N={n}: per layer, forward, per rank")
         with pd.option_context("display.float_format", "{:.4g}".format):
             print(dsp_table(point).to_string(index=False))

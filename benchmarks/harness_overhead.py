@@ -6,6 +6,7 @@ block (the harness adds no hidden work to what it times).
 Both sides run in a launched rank with the same thread count: the harness job (counted step, then
 warm-up and timed steps) and a bare loop of forward + backward over the reference stack with the
 same local attention kernel, the same shapes and dtype. Prints the medians and their ratio."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ MODEL = ModelConfig("bench", hidden=256, heads=8, kv_heads=4, head_dim=32, ffn_h
 
 def plain_loop(p: Problem, warmup: int, iters: int) -> list[float]:
     model = build_reference(p.model, 0, p.torch_dtype)
-    x = torch.randn(p.workload.batch_size, p.workload.seq_len, p.model.hidden, dtype=p.torch_dtype, requires_grad=True)
+    x = torch.randn(
+        p.workload.batch_size, p.workload.seq_len, p.model.hidden, dtype=p.torch_dtype, requires_grad=True
+    )
     dy = torch.randn_like(x)
     times = []
     for _ in range(warmup + iters):
@@ -49,7 +52,9 @@ def main() -> None:
     for _ in range(args.repeats):  # alternate the two to spread machine noise evenly
         res = launch(entry, ([Job(p, warmup=3, iters=args.iters)],), 1)[0][0]
         harness_ms.append(1e3 * statistics.median(res["step_times_s"]))
-        plain_ms.append(1e3 * statistics.median(launch(call_in_group, (plain_loop, (p, 3, args.iters)), 1)[0]))
+        plain_ms.append(
+            1e3 * statistics.median(launch(call_in_group, (plain_loop, (p, 3, args.iters)), 1)[0])
+        )
     h, b = statistics.median(harness_ms), statistics.median(plain_ms)
     print(f"method={args.method} seq_len={args.seq_len} float32 world_size=1 torch={torch.__version__}")
     print(f"harness timed step  median {h:8.2f} ms   (repeats {', '.join(f'{t:.2f}' for t in harness_ms)})")

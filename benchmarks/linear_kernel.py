@@ -6,6 +6,7 @@ one forward + backward of the bare kernel at L=1K and L=16K (B=1, H=2, D=8, on t
     .venv/bin/python benchmarks/linear_kernel.py [--seq-len 4096] [--repeats 5] [--threads N]
 
 Numbers measured before and after the batched rewrite are in benchmarks/README.md."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ from methods.common.config import ModelConfig
 from methods.common.layers import build_reference, local_core
 from methods.common.linear_attention import LinearKernel, head_decays
 
-TINY_LINEAR = ModelConfig("tiny_linear", hidden=64, heads=8, kv_heads=4, head_dim=8, ffn_hidden=128, layers=1,
-                          kind="linear")
+TINY_LINEAR = ModelConfig(
+    "tiny_linear", hidden=64, heads=8, kv_heads=4, head_dim=8, ffn_hidden=128, layers=1, kind="linear"
+)
 
 
 class OpCount(TorchDispatchMode):
@@ -76,8 +78,10 @@ def main() -> None:
     for decay in (False, True):
         ops = {n: kernel_ops(n, decay) for n in (1024, 16384)}
         ms = block_step_ms(args.seq_len, decay, args.repeats)
-        print(f"decay={decay!s:5}  block step L={args.seq_len}: {ms:8.1f} ms   "
-              f"kernel fwd+bwd aten ops: L=1K {ops[1024]:6d}, L=16K {ops[16384]:6d}")
+        print(
+            f"decay={decay!s:5}  block step L={args.seq_len}: {ms:8.1f} ms   "
+            f"kernel fwd+bwd aten ops: L=1K {ops[1024]:6d}, L=16K {ops[16384]:6d}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,19 +7,19 @@ present). Each benchmark also checks its result, so a broken kernel fails instea
 
 The test suite runs them once with timing disabled (tests/test_benchmarks_run.py).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import DEVICE, SIZE
 
 from harness.comm import CommCounter
 from methods.common import layout
 from methods.common.attention import KERNELS, acc_dtype, backend_name, merge_lse
-
-from conftest import DEVICE, SIZE
 
 # torch >= 2.13 names these *_single; older releases only have the *_tensor spelling
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -35,6 +35,7 @@ def _synced(fn: Callable[[], object]) -> Callable[[], object]:
         result = fn()
         torch.cuda.synchronize()
         return result
+
     return run
 
 
@@ -42,8 +43,10 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     """q, k, v and an output gradient at the configured size (GQA: fewer KV heads)."""
     s = SIZE
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
-    rand = lambda heads: torch.randn(s.batch, s.length, heads, s.head_dim,  # noqa: E731
-                                     device=DEVICE, dtype=s.dtype, generator=gen)
+
+    def rand(heads: int) -> torch.Tensor:
+        return torch.randn(s.batch, s.length, heads, s.head_dim, device=DEVICE, dtype=s.dtype, generator=gen)
+
     return rand(s.heads), rand(s.kv_heads), rand(s.kv_heads), rand(s.heads)
 
 
@@ -66,6 +69,7 @@ def _math_on_prefix(q, k, v, dout, n: int):
 
 # ---- 1. attention with LSE, per kernel ------------------------------------------------------------
 
+
 def test_attention_forward(benchmark, kernel: str) -> None:
     q, k, v, dout = _inputs()
     fwd = KERNELS[kernel][0]
@@ -86,6 +90,7 @@ def test_attention_forward_backward(benchmark, kernel: str) -> None:
     def step():
         out, lse = fwd(q, k, v, True)
         return out, lse, bwd(dout, q, k, v, out, lse, True)
+
     out, lse, (dq, dk, dv) = benchmark(_synced(step))
     assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
     n = SIZE.ref_length
@@ -95,14 +100,15 @@ def test_attention_forward_backward(benchmark, kernel: str) -> None:
     _assert_close("dq", dq[:, :n], ref_dq)
     if n < SIZE.length:  # dk/dv of the full run have no cheap reference: rerun the kernel on the prefix
         p = [t[:, :n].contiguous() for t in (q, k, v, dout)]
-        o, l = fwd(*p[:3], True)
-        dk, dv = bwd(p[3], *p[:3], o, l, True)[1:]
+        o, lse_prefix = fwd(*p[:3], True)
+        dk, dv = bwd(p[3], *p[:3], o, lse_prefix, True)[1:]
     _assert_close("dk", dk[:, :n], ref_dk)
     _assert_close("dv", dv[:, :n], ref_dv)
     assert all(bool(torch.isfinite(g).all()) for g in (dq, dk, dv))
 
 
 # ---- 2. LSE merge ---------------------------------------------------------------------------------
+
 
 def test_lse_merge(benchmark) -> None:
     """Merging two key blocks' (out, lse), as ring attention does once per step, in the accumulation
@@ -134,6 +140,7 @@ def test_layout_extraction(benchmark, name: str) -> None:
     def extract():
         indices = layout.make(name, SIZE.length, RANKS)
         return indices, [layout.shard(x, i) for i in indices]
+
     indices, parts = benchmark(_synced(extract))
     assert [p.shape[1] for p in parts] == [SIZE.length // RANKS] * RANKS
     assert torch.equal(torch.cat(indices).sort().values, torch.arange(SIZE.length))  # a partition
@@ -141,6 +148,7 @@ def test_layout_extraction(benchmark, name: str) -> None:
 
 
 # ---- 4. the communication counter's overhead ------------------------------------------------------
+
 
 def _collective_step(x: torch.Tensor, buf: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """One of each collective kind the methods issue, with a little compute between them: the
@@ -162,6 +170,7 @@ def test_comm_counter_overhead(benchmark, single_rank_group: dist.ProcessGroup, 
             return _collective_step(x, buf, w), None
         with CommCounter() as counter:
             return _collective_step(x, buf, w), counter
+
     step()  # the first counted step pays one-time set-up (about 0.7 s here): keep it out of the rounds
     y, counter = benchmark(step)
     # one rank: every collective is the identity, so the data must come through unchanged

@@ -9,6 +9,7 @@ used.
 
 Importing this module also registers the OmegaConf resolvers the `hydra/launcher=slurm_*` presets
 use to size a job from the benchmark config."""
+
 from __future__ import annotations
 
 import math
@@ -38,6 +39,7 @@ class ClusterError(InvalidConfig):
 @dataclass(frozen=True)
 class NodePlan:
     """This node's part of one launch."""
+
     nnodes: int
     nproc_per_node: int
     node_rank: int
@@ -64,19 +66,36 @@ class NodePlan:
         """The node-placement fields of torch's LaunchConfig."""
         if self.nnodes == 1:
             # c10d on localhost:0: the launcher picks a free port, so concurrent jobs never collide
-            return {"min_nodes": 1, "max_nodes": 1, "nproc_per_node": self.nproc_per_node, "run_id": self.run_id,
-                    "rdzv_backend": "c10d", "rdzv_endpoint": "localhost:0"}
+            return {
+                "min_nodes": 1,
+                "max_nodes": 1,
+                "nproc_per_node": self.nproc_per_node,
+                "run_id": self.run_id,
+                "rdzv_backend": "c10d",
+                "rdzv_endpoint": "localhost:0",
+            }
         # static rendezvous (torchrun's --node-rank): node k gets global ranks k*nproc .. (k+1)*nproc-1,
         # so SLURM's node 0 holds rank 0, and the TCPStore lives on node 0 at a port every node knows
-        return {"min_nodes": self.nnodes, "max_nodes": self.nnodes, "nproc_per_node": self.nproc_per_node,
-                "run_id": self.run_id, "rdzv_backend": "static", "rdzv_endpoint": self.rdzv_endpoint,
-                "rdzv_configs": {"rank": self.node_rank}}
+        return {
+            "min_nodes": self.nnodes,
+            "max_nodes": self.nnodes,
+            "nproc_per_node": self.nproc_per_node,
+            "run_id": self.run_id,
+            "rdzv_backend": "static",
+            "rdzv_endpoint": self.rdzv_endpoint,
+            "rdzv_configs": {"rank": self.node_rank},
+        }
 
 
 def local_plan(nproc: int, node_rank: int = 0) -> NodePlan:
     """`nproc` ranks on this machine only."""
-    return NodePlan(nnodes=1, nproc_per_node=nproc, node_rank=node_rank, rdzv_endpoint="localhost:0",
-                    run_id=str(uuid.uuid4()))
+    return NodePlan(
+        nnodes=1,
+        nproc_per_node=nproc,
+        node_rank=node_rank,
+        rdzv_endpoint="localhost:0",
+        run_id=str(uuid.uuid4()),
+    )
 
 
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
@@ -142,7 +161,9 @@ def hostnames(nodelist: str) -> list[str]:
     except ValueError:
         if not shutil.which("scontrol"):
             raise
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        )
         return out.stdout.split()
 
 
@@ -179,29 +200,43 @@ def node_plan(world_size: int, one_process: bool = False, env: Mapping[str, str]
     ntasks = _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
     if ntasks is not None and ntasks != nnodes:
         # every task would start its node's ranks again: one task per node starts them all
-        raise ClusterError(f"the SLURM step has {ntasks} tasks on {nnodes} nodes; each node's task starts all of "
-                           f"its ranks, so set hydra.launcher.tasks_per_node=1")
+        raise ClusterError(
+            f"the SLURM step has {ntasks} tasks on {nnodes} nodes; each node's task starts all of "
+            f"its ranks, so set hydra.launcher.tasks_per_node=1"
+        )
     if world_size % nnodes:
-        raise ClusterError(f"world_size={world_size} does not split evenly over the step's {nnodes} nodes; "
-                           f"set hydra.launcher.nodes to a divisor of world_size")
+        raise ClusterError(
+            f"world_size={world_size} does not split evenly over the step's {nnodes} nodes; "
+            f"set hydra.launcher.nodes to a divisor of world_size"
+        )
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodelist:
-        raise ClusterError("SLURM_STEP_NUM_NODES > 1 but no SLURM_STEP_NODELIST / SLURM_JOB_NODELIST to find node 0")
+        raise ClusterError(
+            "SLURM_STEP_NUM_NODES > 1 but no SLURM_STEP_NODELIST / SLURM_JOB_NODELIST to find node 0"
+        )
     try:
         hosts = tuple(hostnames(nodelist))
     except (ValueError, OSError, subprocess.CalledProcessError) as e:
         raise ClusterError(f"cannot read the SLURM node list {nodelist!r}: {e}") from e
     if len(hosts) < nnodes or not 0 <= node_rank < nnodes:
-        raise ClusterError(f"SLURM node list {nodelist!r} ({len(hosts)} hosts) and SLURM_NODEID={node_rank} "
-                           f"do not describe a {nnodes}-node step")
+        raise ClusterError(
+            f"SLURM node list {nodelist!r} ({len(hosts)} hosts) and SLURM_NODEID={node_rank} "
+            f"do not describe a {nnodes}-node step"
+        )
     job = env.get("SLURM_JOB_ID", "0")
     step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", "0"))
     # every node derives the same port and run id from the job, without talking to the others first;
     # MASTER_PORT overrides the port where a site reserves a range
     port = _int(env, "MASTER_PORT") or DEFAULT_PORT_BASE + (int(job) % PORT_SPAN if job.isdigit() else 0)
     run_id = f"spbench-{job}-{step}-{env.get('SLURM_RESTART_COUNT', '0')}"
-    return NodePlan(nnodes=nnodes, nproc_per_node=world_size // nnodes, node_rank=node_rank,
-                    rdzv_endpoint=f"{hosts[0]}:{port}", run_id=run_id, hosts=hosts[:nnodes])
+    return NodePlan(
+        nnodes=nnodes,
+        nproc_per_node=world_size // nnodes,
+        node_rank=node_rank,
+        rdzv_endpoint=f"{hosts[0]}:{port}",
+        run_id=run_id,
+        hosts=hosts[:nnodes],
+    )
 
 
 def primary_node(env: Mapping[str, str] | None = None) -> bool:
@@ -226,4 +261,12 @@ for _name, _fn in (("spbench_nodes", _nodes_for), ("spbench_minutes", _minutes_f
         OmegaConf.register_new_resolver(_name, _fn)
 
 
-__all__ = ["ClusterError", "NodePlan", "expand_nodelist", "hostnames", "local_plan", "node_plan", "primary_node"]
+__all__ = [
+    "ClusterError",
+    "NodePlan",
+    "expand_nodelist",
+    "hostnames",
+    "local_plan",
+    "node_plan",
+    "primary_node",
+]

@@ -8,6 +8,7 @@
 Each CSV is one published table; every row carries `source` and `table`. Result tables are long-form
 (`metric`, `value`, `approx`, `oom`); formula tables keep the printed text in `*_formula` columns and a
 python expression over named symbols in `*_expr` columns. See results/reference/README.md."""
+
 from __future__ import annotations
 
 from pathlib import Path

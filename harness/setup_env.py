@@ -16,6 +16,7 @@ old ones are pip-installed; the project becomes importable by `pip install -e . 
 --no-build-isolation` (offline) or, without a usable setuptools, by a .pth naming the repository root.
 A stamp in the environment (pyproject.toml's hash and the root) skips the dependency check next time.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,6 +48,7 @@ class SetupError(Exception):
 
 # ---- requirements: pyproject.toml, specifiers, installed versions ----
 
+
 def _toml_arrays(text: str, table: str, key: str) -> list[str]:
     """The strings of the array `key = [...]` in `[table]`: enough TOML for pyproject's requirement
     lists when tomllib (Python >= 3.11) is missing."""
@@ -57,7 +59,7 @@ def _toml_arrays(text: str, table: str, key: str) -> list[str]:
         if header:
             current = header.group(1).replace('"', "")
         elif current == table and re.match(rf"^\"?{re.escape(key)}\"?\s*=\s*\[", line):
-            chunk = line[line.index("[") + 1:]
+            chunk = line[line.index("[") + 1 :]
             while True:  # collect the array up to its closing bracket (outside strings and comments)
                 items, closed = _scan_strings(chunk)
                 if closed or i + 1 >= len(lines):
@@ -71,7 +73,8 @@ def _toml_arrays(text: str, table: str, key: str) -> list[str]:
 def _scan_strings(chunk: str) -> tuple[list[str], bool]:
     """Quoted strings in `chunk` (basic "..." and literal '...'), skipping # comments; whether a `]`
     closes the array."""
-    items, j = [], 0
+    items: list[str] = []
+    j = 0
     while j < len(chunk):
         c = chunk[j]
         if c == "#":
@@ -83,7 +86,7 @@ def _scan_strings(chunk: str) -> tuple[list[str], bool]:
                 end += 2 if c == '"' and chunk[end] == "\\" else 1
             if end >= len(chunk):
                 return items, False
-            s = chunk[j + 1:end]
+            s = chunk[j + 1 : end]
             items.append(s.encode().decode("unicode_escape") if c == '"' and "\\" in s else s)
             j = end + 1
         elif c == "]":
@@ -101,11 +104,15 @@ def pyproject(path: str) -> dict[str, list[str]]:
         import tomllib
     except ImportError:
         text = raw.decode()
-        return {"dependencies": _toml_arrays(text, "project", "dependencies"),
-                "build": _toml_arrays(text, "build-system", "requires")}
+        return {
+            "dependencies": _toml_arrays(text, "project", "dependencies"),
+            "build": _toml_arrays(text, "build-system", "requires"),
+        }
     data = tomllib.loads(raw.decode())
-    return {"dependencies": list(data.get("project", {}).get("dependencies", [])),
-            "build": list(data.get("build-system", {}).get("requires", []))}
+    return {
+        "dependencies": list(data.get("project", {}).get("dependencies", [])),
+        "build": list(data.get("build-system", {}).get("requires", [])),
+    }
 
 
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*\(?([^;()]*)\)?\s*(?:;(.*))?$")
@@ -134,11 +141,11 @@ def _fallback_contains(spec: str, version: str) -> bool:
         op, want = m.group(1), m.group(2).strip()
         if op in ("==", "!=") and want.endswith(".*"):
             prefix = _release(want[:-2])
-            hit = have[:len(prefix)] + (0,) * max(0, len(prefix) - len(have)) == prefix
+            hit = have[: len(prefix)] + (0,) * max(0, len(prefix) - len(have)) == prefix
             ok = hit if op == "==" else not hit
         elif op == "~=":
             w = _release(want)
-            ok = _cmp(have, w) >= 0 and have[:len(w) - 1] == w[:-1]
+            ok = _cmp(have, w) >= 0 and have[: len(w) - 1] == w[:-1]
         elif op == "===":
             ok = version.strip() == want
         else:
@@ -156,7 +163,7 @@ def parse_requirement(req: str) -> tuple[str, str, str | None]:
     except ImportError:
         m = _REQ.match(req)
         if not m:
-            raise SetupError(f"cannot read the requirement {req!r} in pyproject.toml")
+            raise SetupError(f"cannot read the requirement {req!r} in pyproject.toml") from None
         return m.group(1), m.group(3).strip(), (m.group(4) or "").strip() or None
     r = Requirement(req)
     return r.name, str(r.specifier), str(r.marker) if r.marker else None
@@ -210,6 +217,7 @@ def missing(reqs: list[str]) -> list[tuple[str, str]]:
 
 # ---- torch and GPUs ----
 
+
 def torch_info() -> dict | None:
     """Version, CUDA build, CUDA usability and location of the importable torch, or None."""
     importlib.invalidate_caches()
@@ -221,8 +229,13 @@ def torch_info() -> dict | None:
             import torch
     except Exception:
         return None
-    return {"version": torch.__version__, "cuda": torch.version.cuda, "hip": getattr(torch.version, "hip", None),
-            "available": bool(torch.cuda.is_available()), "file": os.path.dirname(torch.__file__)}
+    return {
+        "version": torch.__version__,
+        "cuda": torch.version.cuda,
+        "hip": getattr(torch.version, "hip", None),
+        "available": bool(torch.cuda.is_available()),
+        "file": os.path.dirname(torch.__file__),
+    }
 
 
 def describe(t: dict) -> str:
@@ -253,16 +266,24 @@ def check_gpus(t: dict | None, in_venv: bool) -> None:
     gpus = visible_gpus()
     if not gpus:
         return
-    which = (f"{describe(t)} at {t['file']} (torch.cuda.is_available() is False)" if t
-             else f"none importable by {sys.executable}")
-    lines = ["GPUs are visible but " + ("torch cannot use them:" if t else "there is no torch to use them:"),
-             "  nvidia-smi: " + "; ".join(gpus),
-             f"  python: {sys.executable}",
-             f"  torch: {which}"]
+    which = (
+        f"{describe(t)} at {t['file']} (torch.cuda.is_available() is False)"
+        if t
+        else f"none importable by {sys.executable}"
+    )
+    lines = [
+        "GPUs are visible but " + ("torch cannot use them:" if t else "there is no torch to use them:"),
+        "  nvidia-smi: " + "; ".join(gpus),
+        f"  python: {sys.executable}",
+        f"  torch: {which}",
+    ]
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         lines.append(f"  CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}")
-    lines.append("Install a CUDA build of torch into python3 (or into the active environment)"
-                 + (", delete .venv" if in_venv else "") + " and run again,")
+    lines.append(
+        "Install a CUDA build of torch into python3 (or into the active environment)"
+        + (", delete .venv" if in_venv else "")
+        + " and run again,"
+    )
     if os.environ.get(ALLOW_CPU) == "1":
         say("!" * 72)
         for line in lines[:-1]:
@@ -270,13 +291,17 @@ def check_gpus(t: dict | None, in_venv: bool) -> None:
         say(f"{ALLOW_CPU}=1: going on without the GPUs (CPU torch, gloo).")
         say("!" * 72)
         return
-    lines.append(f"or set {ALLOW_CPU}=1 to go on without the GPUs ("
-                 + ("this torch" if t else f"the CPU wheel {PINNED_TORCH}") + ", gloo sweep).")
+    lines.append(
+        f"or set {ALLOW_CPU}=1 to go on without the GPUs ("
+        + ("this torch" if t else f"the CPU wheel {PINNED_TORCH}")
+        + ", gloo sweep)."
+    )
     bar = "setup: " + "!" * 72
     raise SetupError("\n".join([bar, *("setup: " + line for line in lines), bar]))
 
 
 # ---- the two steps ----
+
 
 def site_dirs() -> list[str]:
     """This interpreter's site directories: site-packages (its base's too when it is a venv with system
@@ -293,8 +318,10 @@ def make_venv(path: str) -> None:
     if os.path.exists(os.path.join(path, "bin", "python")):
         say(f"using {os.path.relpath(path)} (delete it to re-create it from python3)")
         return
-    if sys.version_info < (3, 10):
-        raise SetupError(f"python3 at {sys.executable} is {sys.version.split()[0]}; spbench needs Python >= 3.10")
+    if sys.version_info < (3, 10):  # noqa: UP036 -- python3 runs this before any venv: it may be older
+        raise SetupError(
+            f"python3 at {sys.executable} is {sys.version.split()[0]}; spbench needs Python >= 3.10"
+        )
     import venv
 
     t = torch_info()
@@ -310,8 +337,12 @@ def make_venv(path: str) -> None:
     # pip among python3's packages installs into the venv it runs in.
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(path)
     python = os.path.join(path, "bin", "python")
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     dirs = site_dirs()
     with open(os.path.join(purelib, PTH_SITE), "w") as f:
         f.write(f"# written by spbench's set-up: the site directories of {sys.executable}\n")
@@ -319,35 +350,50 @@ def make_venv(path: str) -> None:
             f.write(f"import site; site.addsitedir({d!r})\n")
     say(f"{os.path.relpath(path)} sees the site packages of {sys.executable}: {', '.join(dirs)}")
     if subprocess.run([python, "-c", "import pip"], capture_output=True).returncode != 0:
-        say(f"no pip among the site packages of {sys.executable}: installing one into {os.path.relpath(path)} (ensurepip)")
+        say(
+            f"no pip among the site packages of {sys.executable}: "
+            f"installing one into {os.path.relpath(path)} (ensurepip)"
+        )
         subprocess.run([python, "-m", "ensurepip", "--default-pip"], capture_output=True, check=True)
 
 
 def pip(args: list[str], what: str) -> None:
     res = subprocess.run([sys.executable, *PIP, "install", *args])
     if res.returncode != 0:
-        raise SetupError(f"pip could not install {what} (exit {res.returncode}); is the package index "
-                         "reachable (pip's index-url, proxy, PIP_* variables)?")
+        raise SetupError(
+            f"pip could not install {what} (exit {res.returncode}); is the package index "
+            "reachable (pip's index-url, proxy, PIP_* variables)?"
+        )
 
 
 def importable_from_root() -> bool:
     """Whether harness and methods resolve to this repository, seen from outside it."""
-    code = ("import importlib.util as u, os; s = [u.find_spec(n) for n in ('harness', 'methods')]; "
-            "print(*[os.path.dirname(x.origin) if x and x.origin else '' for x in s])")
+    code = (
+        "import importlib.util as u, os; s = [u.find_spec(n) for n in ('harness', 'methods')]; "
+        "print(*[os.path.dirname(x.origin) if x and x.origin else '' for x in s])"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True)
     want = [os.path.join(ROOT, n) for n in ("harness", "methods")]
-    return res.returncode == 0 and [os.path.realpath(p) for p in res.stdout.split()] == [os.path.realpath(p) for p in want]
+    return res.returncode == 0 and [os.path.realpath(p) for p in res.stdout.split()] == [
+        os.path.realpath(p) for p in want
+    ]
 
 
 def make_importable(build_reqs: list[str]) -> None:
     purelib = sysconfig.get_paths()["purelib"]
     st = installed_version("setuptools")
-    can_build = st is not None and not missing(build_reqs) and (
-        satisfies(st, ">=70.1") or installed_version("wheel") is not None)  # older setuptools need wheel
+    can_build = (
+        st is not None
+        and not missing(build_reqs)
+        and (satisfies(st, ">=70.1") or installed_version("wheel") is not None)
+    )  # older setuptools need wheel
     if can_build:
         say("pip install -e . --no-deps --no-build-isolation")
-        res = subprocess.run([sys.executable, *PIP, "install", "-e", ROOT, "--no-deps", "--no-build-isolation"],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, *PIP, "install", "-e", ROOT, "--no-deps", "--no-build-isolation"],
+            capture_output=True,
+            text=True,
+        )
         if res.returncode == 0 and importable_from_root():
             stale = os.path.join(purelib, PTH_ROOT)
             if os.path.exists(stale):
@@ -356,11 +402,16 @@ def make_importable(build_reqs: list[str]) -> None:
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["harness not importable"]
         say(f"editable install failed ({tail[0]}); writing a .pth instead")
     else:
-        say(f"no setuptools for an editable install here (setuptools {st or 'missing'}); writing a .pth instead")
+        say(
+            f"no setuptools for an editable install here (setuptools {st or 'missing'}); "
+            "writing a .pth instead"
+        )
     with open(os.path.join(purelib, PTH_ROOT), "w") as f:
         f.write(ROOT + "\n")
     if not importable_from_root():
-        raise SetupError(f"harness is not importable from {ROOT} after writing {os.path.join(purelib, PTH_ROOT)}")
+        raise SetupError(
+            f"harness is not importable from {ROOT} after writing {os.path.join(purelib, PTH_ROOT)}"
+        )
     say(f"{PTH_ROOT} in {purelib} puts {ROOT} on the path")
 
 
@@ -391,8 +442,10 @@ def install() -> None:
         else:
             todo.append((req, why))
     if todo:
-        say(f"installing {len(todo)} missing: " + ", ".join(r if why == "not installed" else f"{r} ({why})"
-                                                          for r, why in todo))
+        say(
+            f"installing {len(todo)} missing: "
+            + ", ".join(r if why == "not installed" else f"{r} ({why})" for r, why in todo)
+        )
         pip([r for r, _ in todo], ", ".join(r for r, _ in todo))
     else:
         say(f"all {len(reqs['dependencies'])} dependencies present")
@@ -421,6 +474,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, "") and sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    if (
+        __package__ in (None, "")
+        and sys.path
+        and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__))
+    ):
         del sys.path[0]  # run by path: harness/'s modules must not shadow top-level ones
     sys.exit(main(sys.argv[1:]))

@@ -13,7 +13,7 @@ import methods
 from harness.cost_table import dsp_table
 from methods.common.config import InvalidConfig, ModelConfig, Problem, Workload
 
-from .dist import method_tests
+from .dist import TEST_TIMEOUT_S, Launches, assert_method_case
 
 # affine LayerNorms (torch's default), so that their weight gradients are checked too
 VIDEO = ModelConfig(
@@ -70,7 +70,17 @@ CASES["dsp-N4-T6-padded"] = video("dsp", 4, frames=6)
 CASES["dsp-N4-T3-fewer-frames-than-ranks"] = video("dsp", 4, frames=3, batch=1)
 CASES["dsp-N4-S6-padded-spatial"] = video("dsp", 4, frames=5, spatial=6)
 
-outcomes, test_exact_against_reference, test_counted_bytes_equal_cost_model = method_tests(CASES)
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> Launches:
+    return Launches(CASES)
+
+
+@pytest.mark.timeout(TEST_TIMEOUT_S)
+@pytest.mark.parametrize("case", CASES)
+def test_video_method_exact_with_counted_bytes_of_its_model(outcomes, case):
+    assert_method_case(outcomes[case], CASES[case])
 
 
 @pytest.mark.parametrize("n", [2, 4])
