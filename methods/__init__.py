@@ -47,6 +47,9 @@ class Method:
     workloads: tuple[str, ...] = ("llm",)
     model_kinds: tuple[str, ...] = ("llama",)
     options: type[opts.MethodOptions] = opts.MethodOptions  # the typed `method.*` options (one per name)
+    # options of the name that this variant has no use for (ring's layout on the video block): they
+    # must stay at their default, and rows record None for them
+    unused_options: tuple[str, ...] = ()
 
 
 # name -> variants; a method may run on several workloads / model kinds with one variant each (e.g.
@@ -93,6 +96,7 @@ def for_problem(p: Problem) -> Method:
     """The variant of `p.method` that runs p's workload and model kind; InvalidConfig otherwise."""
     for m in variants(p.method):
         if p.workload.name in m.workloads and p.model.kind in m.model_kinds:
+            _refuse_unused_options(m, p)
             return m
     runs = "; ".join(
         f"workloads {', '.join(m.workloads)} with model kinds {', '.join(m.model_kinds)}"
@@ -104,10 +108,21 @@ def for_problem(p: Problem) -> Method:
     )
 
 
+def _refuse_unused_options(m: Method, p: Problem) -> None:
+    default = m.options()
+    changed = [k for k in m.unused_options if getattr(p.options, k) != getattr(default, k)]
+    if changed:
+        raise InvalidConfig(
+            f"method {m.name!r} on the {p.workload.name} workload does not use "
+            f"{', '.join('method.' + k for k in changed)}; leave it at its default"
+        )
+
+
 def resolve_options(p: Problem) -> dict[str, Any]:
     """Every option of p's method with the value in effect (options left unset resolved, e.g. usp's
-    degrees from the world size): what a result row records."""
-    return opts.as_dict(p.options.resolved(p))
+    degrees from the world size; None for one the variant does not use): what a result row records."""
+    unused = for_problem(p).unused_options
+    return {k: None if k in unused else v for k, v in opts.as_dict(p.options.resolved(p)).items()}
 
 
 def _import_all() -> None:

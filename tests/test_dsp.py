@@ -121,3 +121,17 @@ def test_refused_video_configurations():
     ):
         with pytest.raises(InvalidConfig, match=message):
             methods.for_problem(p).validate(p)
+
+
+@pytest.mark.parametrize(
+    ("method", "option"), [("ring", {"zero3": True}), ("ring", {"layout": "stripe"}), ("ulysses", {"zero3": True})]
+)
+def test_video_variants_refuse_the_llm_options_they_do_not_use(method, option):
+    p = video(method, 2, **option)
+    with pytest.raises(InvalidConfig, match=f"does not use method.{next(iter(option))}"):
+        methods.for_problem(p)
+
+
+def test_rows_record_none_for_an_option_the_video_variant_does_not_use():
+    assert methods.resolve_options(video("ring", 2)) == {"zero3": None, "layout": None}
+    assert methods.resolve_options(video("ulysses", 2)) == {"zero3": None, "video_attention": "temporal"}

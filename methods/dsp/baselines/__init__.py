@@ -95,6 +95,7 @@ register(
         comm_cost=ulysses_video_cost,
         memory_cost=ulysses_memory,
         options=UlyssesOptions,
+        unused_options=("zero3",),  # the video block's parameters stay replicated
         **VIDEO,
     )
 )
@@ -107,6 +108,7 @@ register(
         comm_cost=ring_video_cost,
         memory_cost=ring_memory,
         options=RingOptions,
+        unused_options=("zero3", "layout"),  # frames are sharded contiguously; parameters replicated
         **VIDEO,
     )
 )
