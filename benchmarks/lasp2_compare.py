@@ -8,7 +8,7 @@ import argparse
 import statistics
 
 from harness.launch import launch
-from harness.run import _max_comm
+from harness.metrics import max_comm
 from harness.worker import Job, entry
 from methods.common.config import ModelConfig, Problem, Workload
 
@@ -29,7 +29,7 @@ def main() -> None:
     print(f"{'method':8s} {'seq_len':>7s} {'fwd bytes':>10s} {'bwd bytes':>10s} {'step ms':>8s}   fwd by kind")
     for i, (method, length) in enumerate(cases):
         ranks = [per_rank[r][i] for r in sorted(per_rank)]
-        comm = _max_comm(ranks)
+        comm = max_comm(ranks)
         step = statistics.median(max(t) for t in zip(*(r["step_times_s"] for r in ranks)))
         print(f"{method:8s} {length:7d} {sum(comm['fwd'].values()):10.0f} {sum(comm['bwd'].values()):10.0f} "
               f"{1e3 * step:8.1f}   {comm['fwd']}")

@@ -47,9 +47,9 @@ def assert_counted_equals_theory(ranks: list[dict], problem: Problem) -> None:
     """The cost model equals the counted bytes of the busiest rank per phase and kind (what the row
     reports); for symmetric methods that is every rank."""
     import methods
-    from harness.run import _max_comm
+    from harness.metrics import max_comm
     theory = methods.for_problem(problem).comm_cost(problem).as_dict()
-    assert _max_comm(ranks) == theory, (_max_comm(ranks), theory)
+    assert max_comm(ranks) == theory, (max_comm(ranks), theory)
 
 
 def method_tests(cases: dict[str, Problem], exact: list[str] | None = None):
