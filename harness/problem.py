@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import methods
 
-from .groups import CHECKED_GROUPS, option_keys, options
+from .groups import CHECKED_GROUPS, method_name, option_error, option_keys, options
 from methods.common.config import DTYPES, InvalidConfig, ModelConfig, Problem, Workload
 
 MODEL_KEYS = ("name", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "layers", "kind", "rope_theta", "norm_eps")
@@ -16,16 +16,21 @@ WORKLOAD_KEYS = ("name", "batch_size", "seq_len", "causal", "frames", "spatial")
 def _unknown_choice(cfg: DictConfig) -> None:
     for group in CHECKED_GROUPS:
         bad = cfg.get(f"unknown_{group}")
+        if bad is not None and group == "method" and bad in options("method"):
+            methods.variants(method_name(bad))  # a method that failed to import: says why
         if bad is not None:
             raise InvalidConfig(f"unknown {group} {bad!r}; available: {', '.join(options(group))}")
+    for key, value in (cfg.get("refused") or {}).get("method", {}).items():  # see rewrite_unknown_choices
+        raise InvalidConfig(option_error(cfg.method.name, key, value) or f"method.{key}={value!r} refused")
     unknown = list(cfg.get("unknown_options") or [])
-    for group in CHECKED_GROUPS:  # options added with `+group.key=...` that the group's config lacks
+    for group in CHECKED_GROUPS[1:]:  # `+group.key=...` the group's file lacks (a method's options refuse theirs)
         choice = cfg[group].get("name")
         if choice in options(group):
             unknown += [f"{group}.{k}" for k in cfg[group] if k not in option_keys(group, choice)]
     if unknown:
-        raise InvalidConfig(f"unknown option(s) {', '.join(unknown)}: not defined in "
-                            + ", ".join(f"conf/{k.split('.')[0]}/{cfg[k.split('.')[0]].get('name')}.yaml" for k in unknown))
+        groups = sorted({k.split(".")[0] for k in unknown})
+        raise InvalidConfig(f"unknown option(s) {', '.join(unknown)}; " + "; ".join(
+            f"{g} {cfg[g].get('name')!r} accepts {', '.join(sorted(option_keys(g, cfg[g].get('name'))))}" for g in groups))
 
 
 def problem_from_cfg(cfg: DictConfig) -> Problem:
@@ -35,8 +40,6 @@ def problem_from_cfg(cfg: DictConfig) -> Problem:
         raise InvalidConfig(f"world_size must be a positive integer, got {world_size!r}")
     if cfg.dtype not in DTYPES:
         raise InvalidConfig(f"dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
-    if cfg.method.name not in methods.REGISTRY:
-        raise InvalidConfig(f"unknown method {cfg.method.name!r}; registered: {', '.join(methods.names())}")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model = ModelConfig(**{k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg},
                         extra={k: v for k, v in model_cfg.items() if k not in MODEL_KEYS})

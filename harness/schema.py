@@ -1,12 +1,14 @@
 """The typed schema of a job's config (top level, bench, fault, workload, model) and its range checks.
 
 Validated inside the job (`execute`), not while Hydra composes: a wrong type there would end the whole
-multirun without rows, here it is one `invalid` row whose message names the key. `method.*` and
-`hardware.*` are not typed here (methods validate their own options)."""
+multirun without rows, here it is one `invalid` row whose message names the key. `method.*` is
+typed while Hydra composes, by the schema each method's options class gives its conf/method/ files
+(methods/common/options.py); `hardware.*` is not typed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
@@ -77,7 +79,7 @@ class ConfigSchema:
     bench: BenchSchema = field(default_factory=BenchSchema)
     workload: WorkloadSchema = field(default_factory=WorkloadSchema)
     model: ModelSchema = field(default_factory=ModelSchema)
-    method: Any = None  # typed by the methods themselves
+    method: Any = None  # typed by the method's own schema
     hardware: Any = None
 
 
@@ -105,7 +107,12 @@ def _ranges(cfg: DictConfig) -> None:
     if "timeout_s" in bench:
         _check(bench.timeout_s > 0, "bench.timeout_s", bench.timeout_s, "positive (seconds)")
     if "rank" in fault:
-        _check(0 <= fault.rank < world_size, "fault.rank", fault.rank, f"a rank of the world (0..{world_size - 1})")
+        _check(
+            0 <= fault.rank < world_size,
+            "fault.rank",
+            fault.rank,
+            f"a rank of the world (0..{world_size - 1})",
+        )
     if "step" in fault:
         _check(fault.step >= 0, "fault.step", fault.step, "at least 0")
     if "batch_size" in workload:
@@ -141,4 +148,4 @@ def validate(cfg: DictConfig) -> DictConfig:
     return out
 
 
-__all__ = ["validate", "ConfigSchema"]
+__all__ = ["ConfigSchema", "validate"]

@@ -1,157 +1,67 @@
-"""All-gather context parallelism (Llama 3): all-gather K and V (kv heads only, one collective for
-both), attend the rank's queries to the whole sequence with the global causal mask, and
-reduce-scatter dK/dV in backward. Layout zigzag (balanced causal work) or contiguous.
+"""All-gather context parallelism (Llama 3; methods/allgather_cp/attention.py): K and V gathered, the
+rank's queries attend the whole sequence. Layout zigzag (balanced causal work) or contiguous.
+Communication and memory models: methods/allgather_cp/cost.py."""
 
-With queries at global positions [a, a+C) the causal mask against all keys is bottom-right aligned;
-it is computed as two kernel calls merged by their LSE, keys [0, a) unmasked and keys [a, a+C) as a
-square causal block, because kernels disagree on causal alignment for non-square blocks.
-"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 
 from methods import Method, register
 from methods.common import layout as layouts
-from methods.common.attention import acc_dtype, attn_backward, attn_forward, merge_lse
-from methods.common.collectives import all_gather_dim, reduce_scatter_dim
-from methods.common.config import InvalidConfig, Problem
-from methods.common.cost import CommCost
-from methods.common.layers import LocalAttention, llama_block_shapes
-from methods.common.memory import INDEX_BYTES, MemCost, llama_layer_act, positions_storage, replicated_memory, softmax_core_act
-from methods.common.replicated import ReplicatedSequenceModel, param_sync_cost
+from methods.common.config import Problem
+from methods.common.options import ShardedOptions
+from methods.common.replicated import ReplicatedSequenceModel
+
+from .attention import allgather_attention, query_pieces
+from .cost import attention_act, attention_cost, comm_cost, memory_cost
 
 
-def query_pieces(index: torch.Tensor, chunks: int, causal: bool, length: int) -> list[tuple[slice, slice, bool]]:
-    """(local query rows, global key columns, square-causal?) pieces covering the rank's attention.
-    `index` holds the rank's global positions as `chunks` contiguous runs."""
-    if not causal:
-        return [(slice(None), slice(0, length), False)]
-    pieces = []
-    run = index.numel() // chunks
-    starts = index.tolist()[::run]  # plain ints: no tensor op, so a dryrun's fake mode never sees it
-    for c in range(chunks):
-        rows = slice(c * run, (c + 1) * run)
-        start = starts[c]
-        if start:
-            pieces.append((rows, slice(0, start), False))
-        pieces.append((rows, slice(start, start + run), True))
-    return pieces
-
-
-class AllGatherAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, causal: bool, indices: list[torch.Tensor], chunks: int, group):
-        r = dist.get_rank(group)
-        order = torch.cat(indices).to(q.device)  # gathered rows (rank after rank) -> global positions
-        kv = all_gather_dim(torch.cat([k, v], dim=2), 1, group)  # [B, L, 2 Hkv, D], rank-major
-        kv_global = torch.empty_like(kv).index_copy_(1, order, kv)
-        k_all, v_all = kv_global.chunk(2, dim=2)
-        pieces = query_pieces(indices[r], chunks, causal, kv.shape[1])
-        acc = acc_dtype(q.dtype)
-        out = torch.empty(q.shape, dtype=acc, device=q.device)
-        lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=acc, device=q.device)
-        started = set()  # row runs that already hold a partial result
-        for rows, cols, square in pieces:
-            o, l = attn_forward(q[:, rows], k_all[:, cols], v_all[:, cols], square)
-            if rows.start in started:
-                out[:, rows], lse[:, :, rows] = merge_lse(out[:, rows], lse[:, :, rows], o, l)
-            else:
-                out[:, rows], lse[:, :, rows] = o.to(acc), l.to(acc)
-                started.add(rows.start)
-        out = out.to(q.dtype)
-        ctx.save_for_backward(q, k_all, v_all, out, lse, order)
-        ctx.pieces, ctx.group = pieces, group
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k_all, v_all, out, lse, order = ctx.saved_tensors
-        acc = acc_dtype(q.dtype)
-        dq = torch.zeros_like(q, dtype=acc)
-        dkv_global = torch.zeros((*k_all.shape[:2], 2 * k_all.shape[2], k_all.shape[3]), dtype=acc, device=q.device)
-        dk_all, dv_all = dkv_global.chunk(2, dim=2)
-        for rows, cols, square in ctx.pieces:
-            dq_b, dk_b, dv_b = attn_backward(dout[:, rows], q[:, rows], k_all[:, cols], v_all[:, cols],
-                                             out[:, rows], lse[:, :, rows], square)
-            dq[:, rows] += dq_b
-            dk_all[:, cols] += dk_b
-            dv_all[:, cols] += dv_b
-        # back to rank-major order, then sum over ranks and keep our rows (in the accumulation dtype)
-        dkv = reduce_scatter_dim(dkv_global.index_select(1, order), 1, ctx.group)
-        dk, dv = dkv.chunk(2, dim=2)
-        return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), None, None, None, None
-
-
-def allgather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, local: LocalAttention,
-                        group: dist.ProcessGroup, indices: list[torch.Tensor], chunks: int) -> torch.Tensor:
-    """Distributed core: q [B, L/N, H, D], k/v [B, L/N, Hkv, D] at the group ranks' `indices`, each
-    made of `chunks` contiguous runs. Softmax attention only (it merges LSEs), so the layer's `local`
-    kernel is not used."""
-    return AllGatherAttention.apply(q, k, v, causal, indices, chunks, group)
-
-
-# ---- layout, checks, build -------------------------------------------------------------------------
-
-def cp_layout(p: Problem) -> str:
-    return p.opt("layout", "zigzag")
+@dataclass(frozen=True)
+class AllGatherCPOptions(ShardedOptions):
+    layout: Literal["zigzag", "contiguous"] = "zigzag"
 
 
 def validate(p: Problem) -> None:
-    if cp_layout(p) not in ("zigzag", "contiguous"):
-        raise InvalidConfig(f"method.layout={cp_layout(p)!r}: all-gather CP layouts are zigzag, contiguous")
-    layouts.check_divisible(cp_layout(p), p.workload.seq_len, p.world_size)
+    layouts.check_divisible(p.options.layout, p.workload.seq_len, p.world_size)
 
 
 @layouts.real_indices
 def layout(p: Problem) -> list[torch.Tensor]:
-    return layouts.make(cp_layout(p), p.workload.seq_len, p.world_size)
+    return layouts.make(p.options.layout, p.workload.seq_len, p.world_size)
 
 
 def build(p: Problem, reference, device: torch.device) -> ReplicatedSequenceModel:
     group, indices = dist.group.WORLD, layout(p)
-    core = partial(allgather_attention, group=group, indices=indices, chunks=layouts.CHUNKS_PER_RANK[cp_layout(p)])
-    return ReplicatedSequenceModel(reference, indices[dist.get_rank()], p.workload.causal, core, group,
-                                   p.torch_dtype, device, zero3=p.opt("zero3", False))
+    core = partial(
+        allgather_attention, group=group, indices=indices, chunks=layouts.CHUNKS_PER_RANK[p.options.layout]
+    )
+    return ReplicatedSequenceModel(
+        reference,
+        indices[dist.get_rank()],
+        p.workload.causal,
+        core,
+        group,
+        p.torch_dtype,
+        device,
+        zero3=p.options.zero3,
+    )
 
 
-# ---- cost model ------------------------------------------------------------------------------------
+register(
+    Method(
+        "allgather_cp",
+        validate=validate,
+        layout=layout,
+        build=build,
+        comm_cost=comm_cost,
+        memory_cost=memory_cost,
+        options=AllGatherCPOptions,
+    )
+)
 
-def attention_cost(batch: int, length: int, kv_heads: int, head_dim: int, n: int, dtype: torch.dtype) -> CommCost:
-    """One call: all-gather of K and V together (output: the whole sequence's K and V) forward, and
-    the reduce-scatter of their gradients (input: the same size, in the accumulation dtype) backward."""
-    kv_full = 2 * batch * length * kv_heads * head_dim
-    return (CommCost().add("fwd", "all_gather", kv_full * dtype.itemsize, n)
-            .add("bwd", "reduce_scatter", kv_full * acc_dtype(dtype).itemsize, n))
-
-
-def comm_cost(p: Problem) -> CommCost:
-    m, w = p.model, p.workload
-    cost = CommCost()
-    for _ in range(m.layers):
-        cost += attention_cost(w.batch_size, w.seq_len, m.kv_heads, m.head_dim, p.world_size, p.torch_dtype)
-    return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
-
-
-# ---- memory model ----------------------------------------------------------------------------------
-
-def attention_act(p: Problem, batch: int, length: int, n: int) -> int:
-    """One call saves the local q, the gathered K and V of the whole sequence (one buffer), the output
-    (also Wo's input), the LSE and the int64 gather order of the L positions."""
-    m = p.model
-    return (softmax_core_act(batch, length // n, m.heads, length, m.kv_heads, m.head_dim, p.torch_dtype)
-            + length * INDEX_BYTES)
-
-
-def memory_cost(p: Problem) -> MemCost:
-    m, w, n = p.model, p.workload, p.world_size
-    tokens_local = w.seq_len // n
-    layer = llama_layer_act(p, w.batch_size * tokens_local, tokens_local, attention_act(p, w.batch_size, w.seq_len, n))
-    return replicated_memory(p, llama_block_shapes(m), w.batch_size * tokens_local,
-                             positions_storage(w.seq_len, n), [layer] * m.layers)
-
-
-register(Method("allgather_cp", validate=validate, layout=layout, build=build, comm_cost=comm_cost,
-                memory_cost=memory_cost))
+__all__ = ["AllGatherCPOptions", "allgather_attention", "attention_act", "attention_cost", "query_pieces"]

@@ -5,10 +5,13 @@ starts) and handed to every rank, to the cost models and to the reference block 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from .options import MethodOptions, parse
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -56,10 +59,20 @@ class Problem:
     workload: Workload
     world_size: int
     dtype: str = "float32"
-    options: dict = field(default_factory=dict)  # method.* keys other than `name`
+    # the method's typed options (methods.<m>.<M>Options); a mapping of `method.*` keys other than
+    # `name` is parsed into them, unknown keys refused
+    options: Any = field(default_factory=dict)
     # the device type the ranks compute on (cpu, cuda, or meta standing in for cuda): kernels differ
     # in what they allocate (e.g. LayerNorm's statistics), and memory models follow them
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.options, Mapping):
+            import methods  # the registry imports this module: resolved when a Problem is made
+
+            object.__setattr__(self, "options", parse(methods.options_class(self.method), self.method, self.options))
+        elif not isinstance(self.options, MethodOptions):
+            raise TypeError(f"Problem.options must be a mapping or MethodOptions, got {type(self.options).__name__}")
 
     @property
     def on_gpu(self) -> bool:
@@ -72,7 +85,3 @@ class Problem:
     @property
     def elem_bytes(self) -> int:
         return self.torch_dtype.itemsize
-
-    def opt(self, key: str, default: Any = None) -> Any:
-        value = self.options.get(key, default)
-        return default if value is None else value

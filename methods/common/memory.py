@@ -16,6 +16,7 @@ import torch
 from .attention import acc_dtype
 from .config import Problem
 from .layers import is_softmax_layer
+from .options import zero3
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def replicated_param(p: Problem, block_shapes: list[tuple[int, ...]], positions_
     padded on dim 0), the storage of the positions buffer (`positions_storage` int64 elements) and
     the decay buffers."""
     n, layers = p.world_size, p.model.layers
-    if p.opt("zero3", False):
+    if zero3(p):
         per_layer = sum(-(-s[0] // n) * math.prod(s[1:]) for s in block_shapes)
     else:
         per_layer = sum(math.prod(s) for s in block_shapes)

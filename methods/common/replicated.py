@@ -13,6 +13,7 @@ from .collectives import sum_grads
 from .config import Problem
 from .cost import CommCost
 from .layers import AttentionCore, copy_to
+from .options import zero3
 from .zero3 import full_grad, shard_, unit_cost
 
 
@@ -47,7 +48,7 @@ def param_sync_cost(p: Problem, block_shapes: list[tuple[int, ...]], layers: int
     """Parameter traffic of a step for `layers` blocks with these parameter shapes: one SUM all-reduce
     of all gradients over the SP group after backward, or with `method.zero3` per block an all-gather
     forward, one backward and a reduce-scatter of its gradients."""
-    if p.opt("zero3", False):
+    if zero3(p):
         return unit_cost(p, block_shapes, units=layers)
     params = layers * sum(math.prod(s) for s in block_shapes)
     return CommCost().add("bwd", "all_reduce", params * p.elem_bytes, p.world_size)

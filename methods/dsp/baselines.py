@@ -24,11 +24,13 @@ from methods.common.replicated import param_sync_cost
 from methods.common.video import spatial_stage, temporal_stage, video_layer_shapes
 from methods.ring import attention_act as ring_act
 from methods.ring import attention_cost as ring_cost
-from methods.ring import ring_attention
-from methods.tp_sp import _param, cols, column_linear_sp, rows
+from methods.ring import RingOptions, ring_attention
+from methods.common.sharding import cols, local_param, rows
+from methods.tp_sp import column_linear_sp
 from methods.ulysses import attention_act as ulysses_act
 from methods.ulysses import attention_cost as ulysses_cost
-from methods.ulysses import check_heads, ulysses_attention
+from methods.ulysses import UlyssesOptions, ulysses_attention
+from methods.common.attention_call import AttentionCall, check_heads
 
 from . import DSPModel, check_video, replicated_weights
 
@@ -71,6 +73,13 @@ def spatial_ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 
 
 @layouts.real_indices
+def temporal_call(p: Problem) -> AttentionCall:
+    """The temporal attention over the world: B*S sequences of T frames."""
+    m, w = p.model, p.workload
+    return AttentionCall(w.batch_size * w.spatial, w.frames, m.heads, m.kv_heads, m.head_dim, p.world_size,
+                         p.torch_dtype, m.hidden, causal=False)
+
+
 def frame_layout(p: Problem) -> list[torch.Tensor]:
     return layouts.contiguous(p.workload.frames * p.workload.spatial, p.world_size)
 
@@ -108,14 +117,12 @@ def local_spatial_act(p: Problem) -> int:
 def video_attention(p: Problem) -> str:
     """temporal: Ulysses on the temporal attention only (the DSP paper's baseline); all: on the
     spatial attention too, as Open-Sora v1.0 applied it."""
-    return p.opt("video_attention", "temporal")
+    return p.options.video_attention
 
 
 def ulysses_validate(p: Problem) -> None:
     check_frames(p)
-    check_heads(p.model.heads, p.model.kv_heads, p.world_size)
-    if video_attention(p) not in ("temporal", "all"):
-        raise InvalidConfig(f"method.video_attention must be temporal or all, got {video_attention(p)!r}")
+    check_heads(p.model.heads, p.model.kv_heads, p.world_size, "Ulysses degree")
     if video_attention(p) == "all" and p.model.kv_heads < p.world_size:
         raise InvalidConfig("method.video_attention=all needs kv_heads >= world_size")
 
@@ -129,11 +136,11 @@ def ulysses_build(p: Problem, reference: nn.Module, device: torch.device) -> Fra
 
 
 def ulysses_video_cost(p: Problem) -> CommCost:
-    m, w, n = p.model, p.workload, p.world_size
+    m = p.model
     cost = CommCost()
     for _ in range(m.layers):  # sequences of T frames, one per (b, s); with `all` again for the spatial attention
         for _ in range(2 if video_attention(p) == "all" else 1):
-            cost += ulysses_cost(w.batch_size * w.spatial, w.frames // n, m.heads, m.kv_heads, m.head_dim, n, p.elem_bytes)
+            cost += ulysses_cost(temporal_call(p))
     return cost + param_sync_cost(p, video_layer_shapes(m), m.layers)
 
 
@@ -152,9 +159,8 @@ def spatial_ulysses_act(p: Problem) -> int:
 def ulysses_memory(p: Problem) -> MemCost:
     """Ulysses on sequences of T frames, one per (b, s), as on the LLM block (methods/ulysses);
     with `all` the spatial attention too (`spatial_ulysses_act`)."""
-    w = p.workload
     spatial = spatial_ulysses_act(p) if video_attention(p) == "all" else local_spatial_act(p)
-    return frame_shard_memory(p, spatial, ulysses_act(p, w.batch_size * w.spatial, w.frames, p.world_size))
+    return frame_shard_memory(p, spatial, ulysses_act(temporal_call(p)))
 
 
 # ---- Ring on the temporal attention ----------------------------------------------------------------
@@ -169,17 +175,16 @@ def ring_build(p: Problem, reference: nn.Module, device: torch.device) -> FrameS
 
 
 def ring_video_cost(p: Problem) -> CommCost:
-    m, w, n = p.model, p.workload, p.world_size
+    m = p.model
     cost = CommCost()
     for _ in range(m.layers):
-        cost += ring_cost(w.batch_size * w.spatial, w.frames // n, m.kv_heads, m.head_dim, n, p.torch_dtype)
+        cost += ring_cost(temporal_call(p))
     return cost + param_sync_cost(p, video_layer_shapes(m), m.layers)
 
 
 def ring_memory(p: Problem) -> MemCost:
     """Ring attention on sequences of T frames, one per (b, s), each rank holding T/N of them."""
-    m, w = p.model, p.workload
-    temporal = ring_act(p, w.batch_size * w.spatial, w.frames // p.world_size, m.kv_heads)
+    temporal = ring_act(temporal_call(p))
     return frame_shard_memory(p, local_spatial_act(p), temporal)
 
 
@@ -197,10 +202,10 @@ class TPVideoBlock(nn.Module):
         self.norm1 = copy_to(ref.norm1, device, dtype)  # replicated
         self.norm2 = copy_to(ref.norm2, device, dtype)
         a = ref.attn
-        self.wqkv = _param(torch.cat([rows(a.wq.weight, r, n), rows(a.wk.weight, r, n), rows(a.wv.weight, r, n)]), dtype, device)
-        self.wo = _param(cols(a.wo.weight, r, n), dtype, device)
-        self.fc1 = _param(rows(ref.mlp.fc1.weight, r, n), dtype, device)
-        self.fc2 = _param(cols(ref.mlp.fc2.weight, r, n), dtype, device)
+        self.wqkv = local_param(torch.cat([rows(a.wq.weight, r, n), rows(a.wk.weight, r, n), rows(a.wv.weight, r, n)]), dtype, device)
+        self.wo = local_param(cols(a.wo.weight, r, n), dtype, device)
+        self.fc1 = local_param(rows(ref.mlp.fc1.weight, r, n), dtype, device)
+        self.fc2 = local_param(cols(ref.mlp.fc2.weight, r, n), dtype, device)
 
     def forward(self, x: torch.Tensor, frames: int, spatial: int, temporal: bool) -> torch.Tensor:
         c, hd = self.cfg, self.cfg.head_dim
@@ -326,8 +331,8 @@ def tp_memory(p: Problem) -> MemCost:
 
 VIDEO = {"workloads": ("video",), "model_kinds": ("video",)}
 register(Method("ulysses", validate=ulysses_validate, layout=frame_layout, build=ulysses_build,
-                comm_cost=ulysses_video_cost, memory_cost=ulysses_memory, **VIDEO))
+                comm_cost=ulysses_video_cost, memory_cost=ulysses_memory, options=UlyssesOptions, **VIDEO))
 register(Method("ring", validate=ring_validate, layout=frame_layout, build=ring_build, comm_cost=ring_video_cost,
-                memory_cost=ring_memory, **VIDEO))
+                memory_cost=ring_memory, options=RingOptions, **VIDEO))
 register(Method("tp_sp", validate=tp_validate, layout=frame_layout, build=tp_build, comm_cost=tp_video_cost,
                 memory_cost=tp_memory, **VIDEO))
