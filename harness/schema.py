@@ -15,6 +15,8 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from methods.common.config import InvalidConfig
 
+from .capacity import check_train
+
 # Every field defaults to MISSING: the schema types what a config gives and adds nothing it lacks
 # (a model file that leaves out norm_eps keeps ModelConfig's default).
 
@@ -34,6 +36,12 @@ class BenchSchema:
     attn_backend: str = MISSING
     profile: bool = MISSING
     allow_oversubscribe: bool = MISSING
+
+
+@dataclass
+class TrainSchema:
+    optimizer: str = MISSING
+    recompute: str = MISSING
 
 
 @dataclass
@@ -77,6 +85,7 @@ class ConfigSchema:
     resume: bool = MISSING
     fault: FaultSchema = field(default_factory=FaultSchema)
     bench: BenchSchema = field(default_factory=BenchSchema)
+    train: TrainSchema = field(default_factory=TrainSchema)
     workload: WorkloadSchema = field(default_factory=WorkloadSchema)
     model: ModelSchema = field(default_factory=ModelSchema)
     method: Any = None  # typed by the method's own schema
@@ -100,6 +109,8 @@ def _ranges(cfg: DictConfig) -> None:
     _check(world_size is not None and world_size >= 1, "world_size", world_size, "a positive integer")
     bench, fault = cfg.get("bench") or {}, cfg.get("fault") or {}
     workload, model = cfg.get("workload") or {}, cfg.get("model") or {}
+    train = cfg.get("train") or {}
+    check_train(train.get("optimizer", "none"), train.get("recompute", "none"))
     if "iters" in bench:
         _check(bench.iters >= 1, "bench.iters", bench.iters, "at least 1 (the timed steps)")
     if "warmup" in bench:
