@@ -36,6 +36,9 @@ def row_line(row: dict, job_dir: Path) -> str:
     else:
         extra = f" step {fmt(row['step_time_ms'] / 1e3, 'seconds')}"
     hardware = f" (projected on {row['hardware']})" if row.get("hardware_defaulted") else ""
+    if row.get("fits") is False:
+        need, have = row["mem_required_bytes"], row["mem_capacity_bytes"]
+        hardware += f", does not fit: {fmt(need, 'bytes')} of {fmt(have, 'bytes')} on {row['hardware']}"
     return (
         f"[{row['status']}] {row['mode']} {row['method']} {size(row)} world_size={row['world_size']}"
         f"{extra}{_verify(row)}{hardware} -> {job_dir}"

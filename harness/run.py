@@ -31,6 +31,7 @@ from methods.common.attention import KERNELS, META_CAPABILITY, candidate_backend
 from methods.common.config import InvalidConfig, Problem
 
 from . import console, provenance, signals
+from .capacity import fit_fields
 from .cluster import node_plan, primary_node
 from .failures import available_memory_frac, classify_failure, oom_kill_count
 from .groups import CONF_DIR, experiment_choices, rewrite_unknown_choices
@@ -87,7 +88,8 @@ def config_fields(cfg: DictConfig) -> dict:
 def resolved_options(problem: Problem) -> dict:
     """Every option column with the value the run used; None where the option does not apply (the
     method has no such option, video attention outside video workloads, decay outside linear models)."""
-    options = {name: problem.options.get(name) for name in OPTION_COLUMNS}
+    effective = methods.resolve_options(problem)
+    options = {name: effective.get(name) for name in OPTION_COLUMNS}
     if not problem.workload.frames:
         options["video_attention"] = None
     if problem.model.kind in ("linear", "hybrid"):
@@ -271,6 +273,7 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
         return {**row, "status": status, "error": reason}
     per_rank = [result[0] for _, result in sorted(ranks.items())]
     row.update(play_rank=play_rank if single else None, **metrics(problem, per_rank, cfg.hardware, mode))
+    row.update(fit_fields(problem, cfg.hardware, row["peak_mem_bytes"], cfg.get("train")))
     reason = suspect(row)
     return {**row, "suspect": reason is not None, "suspect_reason": reason}
 
