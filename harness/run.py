@@ -22,6 +22,7 @@ import torch
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -409,13 +410,16 @@ def _finish(job_dir: Path, row: dict, held) -> None:
 
 
 def _points(config: DictConfig) -> int | None:
-    """How many points the multirun has (None under a sweeper other than Hydra's basic one): the
-    cartesian product of the sweep's values, listed the way BasicSweeper lists them."""
+    """How many points the multirun has (None under a sweeper other than Hydra's basic one, or with a
+    glob choice, which only the sweeper's config loader expands): the cartesian product of the
+    sweep's values, listed the way BasicSweeper lists them."""
     sweeper = config.hydra.sweeper
     if sweeper.get("_target_") != "hydra._internal.core_plugins.basic_sweeper.BasicSweeper":
         return None
     params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
     overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    if any(isinstance(o.value(), Glob) for o in overrides):
+        return None
     return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
 
 
@@ -458,7 +462,8 @@ class SweepLock(Callback):
                 f"error: another sweep is writing {sweep_dir} ({e}); nothing was run: wait for it, "
                 "or choose another hydra.sweep.dir"
             )
-        _SWEEP.update(dir=sweep_dir, points=_points(config), started=time.monotonic())
+        _SWEEP.update(dir=sweep_dir, started=time.monotonic())
+        _SWEEP["points"] = _points(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if "lock" in _SWEEP:
