@@ -88,13 +88,15 @@ def config_fields(cfg: DictConfig) -> dict:
 
 def resolved_options(problem: Problem) -> dict:
     """Every option column with the value the run used; None where the option does not apply (the
-    method has no such option, video attention outside video workloads, decay outside linear models)."""
+    method has no such option, video attention outside video workloads, decay outside linear models).
+    `decay` is a model option, recorded with the method's because it shapes the run the same way."""
     effective = methods.resolve_options(problem)
     options = {name: effective.get(name) for name in OPTION_COLUMNS}
     if not problem.workload.frames:
         options["video_attention"] = None
-    if problem.model.kind in ("linear", "hybrid"):
-        options["decay"] = problem.model.extra.get("decay")
+    if problem.model.kind in ("linear", "hybrid"):  # the decay table's name (model.decay_rule), or False
+        extra = problem.model.extra
+        options["decay"] = extra.get("decay_rule") if extra.get("decay") else False
     return options
 
 
