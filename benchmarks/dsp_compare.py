@@ -15,7 +15,7 @@ import pandas as pd
 
 from harness.cost_table import dsp_table
 from harness.launch import launch
-from harness.run import _max_comm
+from harness.metrics import max_comm
 from harness.worker import Job, entry
 from methods.common.config import ModelConfig, Problem, Workload
 
@@ -57,7 +57,7 @@ def main() -> None:
     print("tiny_video (2 layers), T=16 x S=256, B=1, float32, 4 ranks (gloo, CPU); bytes per rank per step")
     for i, (method, opts) in enumerate(VARIANTS):
         ranks = [per_rank[r][i] for r in sorted(per_rank)]
-        comm = _max_comm(ranks)
+        comm = max_comm(ranks)
         step = statistics.median(max(t) for t in zip(*(r["step_times_s"] for r in ranks)))
         label = method + (f"({opts['video_attention']})" if opts else "")
         print(

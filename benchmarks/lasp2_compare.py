@@ -9,7 +9,7 @@ import argparse
 import statistics
 
 from harness.launch import launch
-from harness.run import _max_comm
+from harness.metrics import max_comm
 from harness.worker import Job, entry
 from methods.common.config import ModelConfig, Problem, Workload
 
@@ -43,7 +43,7 @@ def main() -> None:
     )
     for i, (method, length) in enumerate(cases):
         ranks = [per_rank[r][i] for r in sorted(per_rank)]
-        comm = _max_comm(ranks)
+        comm = max_comm(ranks)
         step = statistics.median(max(t) for t in zip(*(r["step_times_s"] for r in ranks)))
         print(
             f"{method:8s} {length:7d} {sum(comm['fwd'].values()):10.0f} {sum(comm['bwd'].values()):10.0f} "

@@ -218,10 +218,28 @@ def _every_rank_failure(err: ChildFailedError, logs: DefaultLogsSpecs) -> None:
     err.failures = dict(sorted(err.failures.items()))
 
 
+def _gather_rank_logs(logs: DefaultLogsSpecs, log_dir: Path, first_rank: int) -> None:
+    """`log_dir/rank<r>.log`: rank r's stdout, then its stderr, from where the elastic agent writes
+    them (`<log dir>/<run id>_<random>/attempt_N/<local rank>/{stdout,stderr}.log`)."""
+    run_dir = getattr(logs, "_run_log_dir", None)
+    if not run_dir:
+        return
+    for rank_dir in sorted(Path(run_dir).glob("attempt_*/*")):
+        if not rank_dir.name.isdigit():
+            continue
+        parts = []
+        for stream in ("stdout", "stderr"):
+            path = rank_dir / f"{stream}.log"
+            text = path.read_text(errors="replace") if path.is_file() else ""
+            parts.append(f"==> {stream} ({path}) <==\n{text}")
+        (log_dir / f"rank{first_rank + int(rank_dir.name)}.log").write_text("\n".join(parts))
+
+
 def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str | Path | None = None,
            timeout_s: float | None = None, plan: NodePlan | None = None) -> dict[int, Any]:
     """Run `entry(*args)` on `world_size` ranks: all local, or this node's share of a multi-node SLURM
     step (`plan`, default `node_plan(world_size)`); returns {global rank: return value} of this node's ranks.
+    With `log_dir`, each rank's output ends up in `log_dir/rank<r>.log`.
     Raises ChildFailedError (with every failed rank's error) if any rank fails, and LaunchTimeout if
     the launch is still running after `timeout_s` (its ranks are ended first). On SIGINT/SIGTERM
     (`signals.Interrupted`, or KeyboardInterrupt) the ranks, the forkserver and the resource tracker
@@ -273,6 +291,8 @@ def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str
         finally:
             forget()
             job.end()  # nothing of this launch outlives it
+            if log_dir is not None:
+                _gather_rank_logs(logs, Path(log_dir), plan.node_rank * plan.nproc_per_node)
 
 
 __all__ = ["launch", "ChildFailedError", "LaunchTimeout", "end_processes"]

@@ -1,12 +1,15 @@
 """Result rows: one `result.json` per job, written atomically; `load` gathers them into a DataFrame.
 Also what keeps rows whole across resumes and concurrent writers: damaged rows set aside, a lock per
 job (and sweep) directory, and an index of a sweep's rows by configuration."""
+
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
 import socket
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -125,8 +128,8 @@ def row_index(directory: str | Path) -> dict[str, tuple[Path, str]]:
 
 
 def load(directory: str | Path) -> pd.DataFrame:
-    """Every row under `directory` (recursively) as one DataFrame, with the row's `job_dir`. Files that
-    cannot be read are reported by path (a warning, and `df.attrs["unreadable"]`), never dropped silently."""
+    """Every row under `directory` (recursively) as one DataFrame, with the row's `job_dir` and
+    `timestamp` as a datetime. Files that cannot be read are reported by path (a warning, and `df.attrs["unreadable"]`), never dropped silently."""
     rows, unreadable = [], []
     for path in sorted(Path(directory).rglob(ROW_FILE)):
         try:
@@ -137,7 +140,55 @@ def load(directory: str | Path) -> pd.DataFrame:
         row["job_dir"] = str(path.parent)
         rows.append(row)
     df = pd.DataFrame(rows)
+    if "timestamp" in df:  # an ISO string in the row, a (UTC) datetime here
+        df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601")
     df.attrs["unreadable"] = unreadable
     if unreadable:
         warnings.warn(f"{len(unreadable)} unreadable result file(s): " + "; ".join(unreadable), stacklevel=2)
     return df
+
+
+def flatten(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with every column of dicts spread into one column per leaf, named by its path
+    (`comm_detail` -> `comm_detail.fwd.all_to_all`, ...), in place of the dict column; lists stay."""
+    out = []
+    for name in df.columns:
+        column = df[name]
+        if column.map(lambda v: isinstance(v, dict)).any():
+            values = column.map(lambda v: v if isinstance(v, dict) else {})
+            spread = pd.json_normalize(values.tolist(), sep=".").add_prefix(f"{name}.")
+            out.append(spread.set_axis(df.index))
+        else:
+            out.append(column.to_frame())
+    return pd.concat(out, axis=1) if out else df
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.results DIR [--csv OUT.csv] [--parquet OUT.parquet]`: the rows under DIR,
+    dict columns flattened, as CSV and/or Parquet; with neither, how many rows of each status."""
+    parser = argparse.ArgumentParser(prog="python -m harness.results", description=main.__doc__)
+    parser.add_argument("directory", type=Path, help="a sweep, run or experiment directory")
+    parser.add_argument("--csv", type=Path, help="write the rows as CSV here")
+    parser.add_argument("--parquet", type=Path, help="write the rows as Parquet here")
+    args = parser.parse_args(argv)
+    if not args.directory.is_dir():
+        parser.error(f"{args.directory} is not a directory")
+    df = load(args.directory)
+    if df.empty:
+        print(f"no rows under {args.directory}", file=sys.stderr)
+        return 1
+    flat = flatten(df)
+    if args.csv:
+        flat.to_csv(args.csv, index=False)
+    if args.parquet:
+        flat.to_parquet(args.parquet, index=False)
+    written = [str(p) for p in (args.csv, args.parquet) if p]
+    counts = ", ".join(f"{n} {status}" for status, n in df["status"].value_counts().items())
+    print(
+        f"{len(df)} rows ({counts}) from {args.directory}" + (f" -> {', '.join(written)}" if written else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,9 @@ return at once, their outputs unwritten, and the counter still sees every one); 
 every tensor fake, so nothing is computed or allocated and only shapes, bytes and memory are real."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -30,6 +32,24 @@ from . import signals
 from .comm import CommCounter
 from .memory import PeakMemory
 from .profiling import profiled_step
+
+log = logging.getLogger(__name__)
+PHASES_AFTER_S = 5.0  # a job running longer than this reports each phase it finishes
+
+
+class _Phases:
+    """Progress of a long job, one line per finished phase once the job has run PHASES_AFTER_S
+    (a paper-scale dryrun spends minutes building and tracing; short jobs stay quiet)."""
+
+    def __init__(self, what: str):
+        self.what, self.start = what, time.monotonic()
+        if not logging.getLogger().handlers:  # a fresh rank process: its stderr is its log
+            logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    def done(self, phase: str) -> None:
+        elapsed = time.monotonic() - self.start
+        if elapsed >= PHASES_AFTER_S:
+            log.info("%s: %s (%.1f s)", self.what, phase, elapsed)
 
 
 @dataclass(frozen=True)
@@ -230,6 +250,7 @@ def _run_job(job: Job, device: torch.device) -> dict:
     attn_backend = backend_name(device, p.torch_dtype, p.model.head_dim)
     linear = linear_backend_name(device, p.torch_dtype, p.model.head_dim) if p.model.kind in ("linear", "hybrid") else None
     real = job.mode == "real"  # only real collectives write their outputs: finite checks need them
+    phases = _Phases(f"{job.mode} {p.method} rank {dist.get_rank()}/{p.world_size}")
     method = methods.for_problem(p)
     rank = dist.get_rank()
     index = method.layout(p)[rank]
@@ -238,8 +259,10 @@ def _run_job(job: Job, device: torch.device) -> dict:
     if not job.verify:
         del reference  # methods copy what they need; keeping it would double the parameter memory
     x, dy = _inputs(job, index, device)
+    phases.done("built the block and its inputs")
 
     y, counter, memory = _counted_step(model, x, dy, device, _inject(job.fault, 0))
+    phases.done("counted step")
     if real:
         _check_finite(y, x, model, 0)
     signals.progress(0)  # the step reached, for an interrupted job's row
@@ -249,6 +272,7 @@ def _run_job(job: Job, device: torch.device) -> dict:
     if job.verify:
         result.update(verify(job, method, model, reference, x, y, device))
         del reference
+        phases.done("verified")
     del y
 
     if device.type == "cuda":
@@ -265,6 +289,8 @@ def _run_job(job: Job, device: torch.device) -> dict:
             _check_finite(y, x, model, step)
         signals.progress(step)
     result["step_times_s"] = times[job.warmup:] if timed else []
+    if steps:
+        phases.done(f"{steps} timed steps")
     if job.profile_dir and job.mode != "dryrun" and timed:
         _zero_grads(model, x)
         overlap = profiled_step(lambda: _step(model, x, dy), device, Path(job.profile_dir) / f"trace_rank{rank}.json")

@@ -11,7 +11,7 @@ import psutil
 
 import methods
 from harness.launch import launch
-from harness.run import _max_comm
+from harness.metrics import max_comm
 from harness.worker import Job, entry
 from methods.common.config import ModelConfig, Problem, Workload
 
@@ -150,7 +150,7 @@ def assert_counted_equals_theory(ranks: list[dict], problem: Problem) -> None:
     """The cost model equals the counted bytes of the busiest rank per phase and kind (what the row
     reports); for symmetric methods that is every rank."""
     theory = methods.for_problem(problem).comm_cost(problem).as_dict()
-    counted = _max_comm(ranks)
+    counted = max_comm(ranks)
     assert counted == theory, f"counted bytes {counted} != cost model {theory}"
 
 

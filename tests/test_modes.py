@@ -13,7 +13,7 @@ import methods
 from harness.comm import Record
 from harness.memory import PeakMemory
 from harness.projection import collective_seconds, comm_seconds, spans_nodes
-from harness.run import _max_comm
+from harness.metrics import max_comm
 from harness.worker import Job, entry_single
 from methods.common.config import ModelConfig, Problem, Workload
 
@@ -72,7 +72,7 @@ def dryruns() -> dict[str, list[dict]]:
 @pytest.mark.parametrize("cid", CASES)
 def test_dryrun_counts_equal_cost_model(dryruns, cid):
     theory = methods.for_problem(CASES[cid]).comm_cost(CASES[cid]).as_dict()
-    assert _max_comm(dryruns[cid]) == theory
+    assert max_comm(dryruns[cid]) == theory
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +162,10 @@ def test_emulate_row_projects_compute_plus_comm(tmp_path):
 
 
 def test_rates_above_the_hardware_peak_are_flagged():
-    from harness.run import _suspect
-    assert _suspect({"mfu": 0.4, "mfu_compute": 0.5}) is None
-    assert "mfu=1.30 exceeds" in _suspect({"mfu": 1.3})
-    assert "mfu_compute" in _suspect({"mfu": 0.9, "mfu_compute": 1.1})  # emulate: the measured compute alone
+    from harness.metrics import suspect
+    assert suspect({"mfu": 0.4, "mfu_compute": 0.5}) is None
+    assert "mfu=1.30 exceeds" in suspect({"mfu": 1.3})
+    assert "mfu_compute" in suspect({"mfu": 0.9, "mfu_compute": 1.1})  # emulate: the measured compute alone
 
 
 def test_overlap_fraction_reads_the_trace():

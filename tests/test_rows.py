@@ -120,11 +120,12 @@ def test_rows_are_readable_as_the_umask_allows(tmp_path, umask, mode):
 # --- 5. concurrent writers ------------------------------------------------------------------------
 
 def test_a_second_sweep_on_a_busy_directory_is_refused(tmp_path):
-    """Before: no lock; the second sweep ran its points into the same job dirs while the first was
+    """(The hanging point outlasts the second sweep's start-up on a loaded machine: 60 s.) Before: no
+    lock; the second sweep ran its points into the same job dirs while the first was
     running, and the row written last won."""
     sweep = tmp_path / "sweep"
     first = harness("-m", "world_size=2", "workload.seq_len=32", "bench.warmup=0", "bench.iters=2", "fault.kind=hang",
-                    "fault.rank=1", "bench.timeout_s=15", f"hydra.sweep.dir={sweep}", cwd=tmp_path, start_new_session=True)
+                    "fault.rank=1", "bench.timeout_s=60", f"hydra.sweep.dir={sweep}", cwd=tmp_path, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while not (sweep / "0" / ".spbench.lock").exists():  # the slow point is running
