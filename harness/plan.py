@@ -382,7 +382,7 @@ def dryrun_check(problems: list[Problem], hardware: DictConfig) -> list[dict]:
     """Dryrun each problem in this process (ranks 0 and N-1, the two ends of every layout) and compare
     with the prediction, exactly: the busiest played rank's bytes by phase and kind and its memory by
     category, and its bytes by link (its records' groups placed on nodes of `hardware.gpus`)."""
-    from .run import _max_comm
+    from .metrics import max_comm
     from .worker import Job, entry_single
 
     # a dryrun runs on the CPU, whose kernels allocate a little differently (methods/common/memory.py):
@@ -409,11 +409,11 @@ def dryrun_check(problems: list[Problem], hardware: DictConfig) -> list[dict]:
         out.append(
             {
                 "label": label(p),
-                "comm_equal": _max_comm(mine) == predicted_comm,
+                "comm_equal": max_comm(mine) == predicted_comm,
                 "memory_equal": busiest == predicted_mem,
                 "links_equal": (float(links["intra"]), float(links["inter"]))
                 == (predicted_links["intra_bytes"], predicted_links["inter_bytes"]),
-                "dryrun_comm": _max_comm(mine),
+                "dryrun_comm": max_comm(mine),
                 "predicted_comm": predicted_comm,
                 "dryrun_memory": busiest,
                 "predicted_memory": predicted_mem,
