@@ -16,6 +16,7 @@ max |got - ref| in nats. TFLOP/s count causal-effective FLOPs as harness/flops.p
 recomputation of the scores is not counted, so a kernel does ~3.5/3 of what is counted).
 Only the public names of methods.common.attention are used, so any kernel added to KERNELS is checked.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,19 +30,23 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as a script: the repository's packages (gpu_check.sh also sets PYTHONPATH)
+if (
+    str(REPO) not in sys.path
+):  # run as a script: the repository's packages (gpu_check.sh also sets PYTHONPATH)
     sys.path.insert(0, str(REPO))
 
 
 # ---- sizes ----------------------------------------------------------------------------------------
 
+
 def model_head_dims() -> list[int]:
     """Head dims of the paper-sized models in conf/model/ (the tiny test models left out)."""
     import yaml
+
     dims = set()
     for path in sorted((REPO / "conf" / "model").glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
@@ -81,6 +86,7 @@ def sizes(cpu: bool) -> Sizes:
 
 def device_for(cpu: bool):
     import torch
+
     if cpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -90,10 +96,12 @@ def device_for(cpu: bool):
 
 def device_label() -> str:
     import torch
+
     return torch.cuda.get_device_name(0).replace(" ", "_") if torch.cuda.is_available() else "cpu"
 
 
 # ---- small helpers --------------------------------------------------------------------------------
+
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     keys: list[str] = []
@@ -115,6 +123,7 @@ def read_csv(path: Path) -> list[dict]:
 def rel_err(got, ref) -> float:
     """max |got - ref| / max |ref| in float64; inf when got is not finite."""
     import torch
+
     got, ref = got.double(), ref.double()
     if not bool(torch.isfinite(got).all()):
         return math.inf
@@ -123,6 +132,7 @@ def rel_err(got, ref) -> float:
 
 def abs_err(got, ref) -> float:
     import torch
+
     got, ref = got.double(), ref.double()
     if not bool(torch.isfinite(got).all()):
         return math.inf
@@ -139,6 +149,7 @@ def kernels_here(device, dtype) -> list[tuple[str, bool]]:
     (self-checked, what `auto` may pick), or only forceable (`use_backend` + `backend_name` accept it
     on this device and dtype)."""
     from methods.common.attention import KERNELS, available_backends, backend_name, use_backend
+
     admitted = set(available_backends(device, dtype))
     out = []
     for name in KERNELS:
@@ -159,6 +170,7 @@ def kernels_here(device, dtype) -> list[tuple[str, bool]]:
 def run_kernel(name: str, q, k, v, dout, causal: bool):
     """(out, lse, (dq, dk, dv)) through the public entry points with kernel `name` forced."""
     from methods.common.attention import attn_backward, attn_forward, use_backend
+
     use_backend(name)
     try:
         out, lse = attn_forward(q, k, v, causal)
@@ -170,6 +182,7 @@ def run_kernel(name: str, q, k, v, dout, causal: bool):
 
 def sync(device) -> None:
     import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -178,6 +191,7 @@ def free(device) -> None:
     import gc
 
     import torch
+
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -185,18 +199,30 @@ def free(device) -> None:
 
 # ---- 1. versions ----------------------------------------------------------------------------------
 
+
 def cmd_versions(args) -> int:
     import torch
-    info = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cpu_count": os.cpu_count(), "cuda_available": torch.cuda.is_available()}
+
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         nccl = torch.cuda.nccl.version() if torch.distributed.is_nccl_available() else None
-        info.update(device=torch.cuda.get_device_name(0), capability=".".join(map(str, torch.cuda.get_device_capability(0))),
-                    device_count=torch.cuda.device_count(), memory_gib=round(props.total_memory / 2**30, 1),
-                    sm_count=props.multi_processor_count,
-                    cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                    nccl=".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl)
+        info.update(
+            device=torch.cuda.get_device_name(0),
+            capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+            device_count=torch.cuda.device_count(),
+            memory_gib=round(props.total_memory / 2**30, 1),
+            sm_count=props.multi_processor_count,
+            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            nccl=".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl,
+        )
     else:
         info.update(device=platform.processor() or platform.machine(), capability=None, cudnn=None, nccl=None)
     for pkg in ("triton", "flash_attn", "flash_attn_interface", "hydra", "omegaconf"):
@@ -212,14 +238,16 @@ def cmd_versions(args) -> int:
 
 # ---- 2. kernels -----------------------------------------------------------------------------------
 
+
 def attention_flops(batch: int, length: int, heads: int, head_dim: int, causal: bool) -> float:
     """Forward FLOPs of attention (QK^T and PV), causal-effective (harness/flops.py's convention)."""
-    dense = 4 * batch * length ** 2 * heads * head_dim
+    dense = 4 * batch * length**2 * heads * head_dim
     return dense / 2 if causal else dense
 
 
 def _inputs(device, dtype, length: int, heads: int, kv_heads: int, head_dim: int, seed: int):
     import torch
+
     gen = torch.Generator(device=device).manual_seed(seed)
     rand = lambda h: torch.randn(1, length, h, head_dim, device=device, dtype=dtype, generator=gen)  # noqa: E731
     return rand(heads), rand(kv_heads), rand(kv_heads), rand(heads)
@@ -241,10 +269,14 @@ def _time(fn, device, warmup: int, iters: int) -> float:
 
 def cmd_kernels(args) -> int:
     import torch
+
     s, device = sizes(args.cpu), device_for(args.cpu)
     dtype = getattr(torch, s.dtype)
     kernels = kernels_here(device, dtype)
-    print(f"kernels on {device} {s.dtype}: " + ", ".join(f"{n}{'' if a else ' (forced only)'}" for n, a in kernels))
+    print(
+        f"kernels on {device} {s.dtype}: "
+        + ", ".join(f"{n}{'' if a else ' (forced only)'}" for n, a in kernels)
+    )
     rows, failed = [], []
     seed = 0
     for head_dim in model_head_dims():
@@ -252,29 +284,61 @@ def cmd_kernels(args) -> int:
             for causal in (True, False):
                 seed += 1
                 q, k, v, dout = _inputs(device, dtype, length, s.heads, s.kv_heads, head_dim, seed)
-                ref_out, ref_lse, ref_grads = run_kernel("math", *(t.double() for t in (q, k, v, dout)), causal)
+                ref_out, ref_lse, ref_grads = run_kernel(
+                    "math", *(t.double() for t in (q, k, v, dout)), causal
+                )
                 for name, admitted in kernels:
-                    row = {"kernel": name, "admitted": admitted, "dtype": s.dtype, "length": length, "heads": s.heads,
-                           "kv_heads": s.kv_heads, "head_dim": head_dim, "causal": causal, "tol": s.tol,
-                           "lse_tol": s.lse_tol}
+                    row = {
+                        "kernel": name,
+                        "admitted": admitted,
+                        "dtype": s.dtype,
+                        "length": length,
+                        "heads": s.heads,
+                        "kv_heads": s.kv_heads,
+                        "head_dim": head_dim,
+                        "causal": causal,
+                        "tol": s.tol,
+                        "lse_tol": s.lse_tol,
+                    }
                     try:
                         out, lse, (dq, dk, dv) = run_kernel(name, q, k, v, dout, causal)
-                        shapes_ok = (out.shape == q.shape and tuple(lse.shape) == (1, s.heads, length)
-                                     and dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape)
-                        row.update(out_rel_err=rel_err(out, ref_out), lse_abs_err=abs_err(lse, ref_lse),
-                                   dq_rel_err=rel_err(dq, ref_grads[0]), dk_rel_err=rel_err(dk, ref_grads[1]),
-                                   dv_rel_err=rel_err(dv, ref_grads[2]), error="" if shapes_ok else "wrong shapes")
-                        ok = shapes_ok and row["lse_abs_err"] <= s.lse_tol and all(
-                            row[f"{t}_rel_err"] <= s.tol for t in ("out", "dq", "dk", "dv"))
+                        shapes_ok = (
+                            out.shape == q.shape
+                            and tuple(lse.shape) == (1, s.heads, length)
+                            and dq.shape == q.shape
+                            and dk.shape == k.shape
+                            and dv.shape == v.shape
+                        )
+                        row.update(
+                            out_rel_err=rel_err(out, ref_out),
+                            lse_abs_err=abs_err(lse, ref_lse),
+                            dq_rel_err=rel_err(dq, ref_grads[0]),
+                            dk_rel_err=rel_err(dk, ref_grads[1]),
+                            dv_rel_err=rel_err(dv, ref_grads[2]),
+                            error="" if shapes_ok else "wrong shapes",
+                        )
+                        ok = (
+                            shapes_ok
+                            and row["lse_abs_err"] <= s.lse_tol
+                            and all(row[f"{t}_rel_err"] <= s.tol for t in ("out", "dq", "dk", "dv"))
+                        )
                         del out, lse, dq, dk, dv
                     except Exception as err:  # noqa: BLE001 - recorded as the row's error
                         row["error"], ok = short(err), False
                     row["ok"] = ok
                     rows.append(row)
                     if not ok and admitted:
-                        failed.append(f"{name} D={head_dim} L={length} causal={causal}: {row.get('error') or 'errors above tolerance'}")
-                    print(("ok  " if ok else "BAD ") + " ".join(f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}"
-                                                             for key, val in row.items() if key not in ("tol", "lse_tol")))
+                        failed.append(
+                            f"{name} D={head_dim} L={length} causal={causal}: {row.get('error') or 'errors above tolerance'}"
+                        )
+                    print(
+                        ("ok  " if ok else "BAD ")
+                        + " ".join(
+                            f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}"
+                            for key, val in row.items()
+                            if key not in ("tol", "lse_tol")
+                        )
+                    )
                 del q, k, v, dout, ref_out, ref_lse, ref_grads
                 free(device)
     write_csv(args.out / "kernels.csv", rows)
@@ -282,19 +346,38 @@ def cmd_kernels(args) -> int:
     # timing: causal forward and forward + backward at the timing length, Llama3-8B heads
     timing = []
     for name, admitted in kernels:
-        row = {"kernel": name, "admitted": admitted, "dtype": s.dtype, "length": s.timing_length, "heads": s.heads,
-               "kv_heads": s.kv_heads, "head_dim": s.timing_head_dim, "causal": True, "error": ""}
+        row = {
+            "kernel": name,
+            "admitted": admitted,
+            "dtype": s.dtype,
+            "length": s.timing_length,
+            "heads": s.heads,
+            "kv_heads": s.kv_heads,
+            "head_dim": s.timing_head_dim,
+            "causal": True,
+            "error": "",
+        }
         if name == "math" and device.type == "cuda":
             row["error"] = f"not timed: its L x L float32 scores at L={s.timing_length} need > 100 GB"
             timing.append(row)
             continue
         try:
-            q, k, v, dout = _inputs(device, dtype, s.timing_length, s.heads, s.kv_heads, s.timing_head_dim, 99)
-            fwd_s = _time(lambda: run_kernel(name, q, k, v, None, True), device, s.timing_warmup, s.timing_iters)
-            step_s = _time(lambda: run_kernel(name, q, k, v, dout, True), device, s.timing_warmup, s.timing_iters)
+            q, k, v, dout = _inputs(
+                device, dtype, s.timing_length, s.heads, s.kv_heads, s.timing_head_dim, 99
+            )
+            fwd_s = _time(
+                lambda: run_kernel(name, q, k, v, None, True), device, s.timing_warmup, s.timing_iters
+            )
+            step_s = _time(
+                lambda: run_kernel(name, q, k, v, dout, True), device, s.timing_warmup, s.timing_iters
+            )
             flops = attention_flops(1, s.timing_length, s.heads, s.timing_head_dim, True)
-            row.update(fwd_ms=1e3 * fwd_s, fwd_bwd_ms=1e3 * step_s, fwd_tflops=flops / fwd_s / 1e12,
-                       fwd_bwd_tflops=3 * flops / step_s / 1e12)
+            row.update(
+                fwd_ms=1e3 * fwd_s,
+                fwd_bwd_ms=1e3 * step_s,
+                fwd_tflops=flops / fwd_s / 1e12,
+                fwd_bwd_tflops=3 * flops / step_s / 1e12,
+            )
             del q, k, v, dout
         except Exception as err:  # noqa: BLE001
             row["error"] = short(err)
@@ -302,7 +385,12 @@ def cmd_kernels(args) -> int:
                 failed.append(f"{name} timing: {row['error']}")
         free(device)
         timing.append(row)
-        print("timing " + " ".join(f"{key}={val:.4g}" if isinstance(val, float) else f"{key}={val}" for key, val in row.items()))
+        print(
+            "timing "
+            + " ".join(
+                f"{key}={val:.4g}" if isinstance(val, float) else f"{key}={val}" for key, val in row.items()
+            )
+        )
     write_csv(args.out / "kernel_timing.csv", timing)
     for line in failed:
         print("FAILED:", line)
@@ -310,6 +398,7 @@ def cmd_kernels(args) -> int:
 
 
 # ---- 3. ring / all-gather CP block algebra --------------------------------------------------------
+
 
 def simulate_ring(layout: str, q, k, v, dout, n: int, causal: bool):
     """Ring attention's block schedule for all n ranks in one process: each rank's queries against
@@ -321,6 +410,7 @@ def simulate_ring(layout: str, q, k, v, dout, n: int, causal: bool):
     from methods.common import layout as layouts
     from methods.common.attention import acc_dtype, attn_backward, attn_forward, merge_lse
     from methods.ring import block_plan
+
     indices = layouts.make(layout, q.shape[1], n)
     qs, ks, vs, dos = ([layouts.shard(t, i) for i in indices] for t in (q, k, v, dout))
     local, acc = q.shape[1] // n, acc_dtype(q.dtype)
@@ -349,13 +439,23 @@ def simulate_ring(layout: str, q, k, v, dout, n: int, causal: bool):
             if plan is None:
                 continue
             rows, cols, square = plan
-            dq_b, dk_b, dv_b = attn_backward(dos[r][:, rows], qs[r][:, rows], ks[src][:, cols], vs[src][:, cols],
-                                             outs[r][:, rows], lses[r][:, :, rows], square)
+            dq_b, dk_b, dv_b = attn_backward(
+                dos[r][:, rows],
+                qs[r][:, rows],
+                ks[src][:, cols],
+                vs[src][:, cols],
+                outs[r][:, rows],
+                lses[r][:, :, rows],
+                square,
+            )
             dqs[r][:, rows] += dq_b
             dks[src][:, cols] += dk_b
             dvs[src][:, cols] += dv_b
-    return (layouts.unshard(outs, indices), layouts.unshard(lses, indices, dim=2),
-            *(layouts.unshard([t.to(q.dtype) for t in ts], indices) for ts in (dqs, dks, dvs)))
+    return (
+        layouts.unshard(outs, indices),
+        layouts.unshard(lses, indices, dim=2),
+        *(layouts.unshard([t.to(q.dtype) for t in ts], indices) for ts in (dqs, dks, dvs)),
+    )
 
 
 def simulate_allgather(layout: str, q, k, v, dout, n: int, causal: bool):
@@ -368,12 +468,15 @@ def simulate_allgather(layout: str, q, k, v, dout, n: int, causal: bool):
     from methods.allgather_cp import query_pieces
     from methods.common import layout as layouts
     from methods.common.attention import acc_dtype, attn_backward, attn_forward, merge_lse
+
     length = q.shape[1]
     indices = layouts.make(layout, length, n)
     chunks, acc = layouts.CHUNKS_PER_RANK[layout], acc_dtype(q.dtype)
     qs, ks, vs, dos = ([layouts.shard(t, i) for i in indices] for t in (q, k, v, dout))
     order = torch.cat(indices).to(q.device)
-    kv = torch.cat([torch.cat([kr, vr], dim=2) for kr, vr in zip(ks, vs)], dim=1)  # what the all-gather returns
+    kv = torch.cat(
+        [torch.cat([kr, vr], dim=2) for kr, vr in zip(ks, vs)], dim=1
+    )  # what the all-gather returns
     k_all, v_all = torch.empty_like(kv).index_copy_(1, order, kv).chunk(2, dim=2)
     outs, lses, dqs, dkv_parts = [], [], [], []
     for r in range(n):
@@ -393,8 +496,15 @@ def simulate_allgather(layout: str, q, k, v, dout, n: int, causal: bool):
         dkv = torch.zeros((*k_all.shape[:2], 2 * k_all.shape[2], k_all.shape[3]), dtype=acc, device=q.device)
         dk_all, dv_all = dkv.chunk(2, dim=2)
         for rows, cols, square in pieces:
-            dq_b, dk_b, dv_b = attn_backward(dos[r][:, rows], qs[r][:, rows], k_all[:, cols], v_all[:, cols],
-                                             out[:, rows], lse[:, :, rows], square)
+            dq_b, dk_b, dv_b = attn_backward(
+                dos[r][:, rows],
+                qs[r][:, rows],
+                k_all[:, cols],
+                v_all[:, cols],
+                out[:, rows],
+                lse[:, :, rows],
+                square,
+            )
             dq[:, rows] += dq_b
             dk_all[:, cols] += dk_b
             dv_all[:, cols] += dv_b
@@ -404,15 +514,24 @@ def simulate_allgather(layout: str, q, k, v, dout, n: int, causal: bool):
         dkv_parts.append(dkv.index_select(1, order))
     summed = torch.stack(dkv_parts).sum(0)  # reduce-scatter: rank r keeps rows [r L/n, (r+1) L/n)
     local = length // n
-    dk_parts, dv_parts = zip(*(summed[:, r * local:(r + 1) * local].chunk(2, dim=2) for r in range(n)))
-    return (layouts.unshard(outs, indices), layouts.unshard(lses, indices, dim=2), layouts.unshard(dqs, indices),
-            layouts.unshard([t.to(q.dtype) for t in dk_parts], indices),
-            layouts.unshard([t.to(q.dtype) for t in dv_parts], indices))
+    dk_parts, dv_parts = zip(*(summed[:, r * local : (r + 1) * local].chunk(2, dim=2) for r in range(n)))
+    return (
+        layouts.unshard(outs, indices),
+        layouts.unshard(lses, indices, dim=2),
+        layouts.unshard(dqs, indices),
+        layouts.unshard([t.to(q.dtype) for t in dk_parts], indices),
+        layouts.unshard([t.to(q.dtype) for t in dv_parts], indices),
+    )
 
 
 BLOCK_CASES = [  # (method, layout, causal): every layout each method supports, causal as the jobs run
-    ("ring", "basic", True), ("ring", "zigzag", True), ("ring", "stripe", True), ("ring", "zigzag", False),
-    ("allgather_cp", "zigzag", True), ("allgather_cp", "contiguous", True), ("allgather_cp", "zigzag", False),
+    ("ring", "basic", True),
+    ("ring", "zigzag", True),
+    ("ring", "stripe", True),
+    ("ring", "zigzag", False),
+    ("allgather_cp", "zigzag", True),
+    ("allgather_cp", "contiguous", True),
+    ("allgather_cp", "zigzag", False),
 ]
 
 
@@ -420,6 +539,7 @@ def cmd_blocks(args) -> int:
     import torch
 
     from methods.common.attention import use_backend
+
     s, device = sizes(args.cpu), device_for(args.cpu)
     dtype = getattr(torch, s.dtype)
     kernels = [name for name, admitted in kernels_here(device, dtype) if admitted]
@@ -435,9 +555,21 @@ def cmd_blocks(args) -> int:
             for method, layout, case_causal in BLOCK_CASES:
                 if case_causal != causal:
                     continue
-                row = {"kernel": name, "method": method, "layout": layout, "causal": causal, "ranks": n,
-                       "length": s.block_length, "heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.block_head_dim,
-                       "dtype": s.dtype, "tol": s.tol, "lse_tol": s.lse_tol, "error": ""}
+                row = {
+                    "kernel": name,
+                    "method": method,
+                    "layout": layout,
+                    "causal": causal,
+                    "ranks": n,
+                    "length": s.block_length,
+                    "heads": s.heads,
+                    "kv_heads": s.kv_heads,
+                    "head_dim": s.block_head_dim,
+                    "dtype": s.dtype,
+                    "tol": s.tol,
+                    "lse_tol": s.lse_tol,
+                    "error": "",
+                }
                 simulate = simulate_ring if method == "ring" else simulate_allgather
                 try:
                     use_backend(name)
@@ -447,7 +579,9 @@ def cmd_blocks(args) -> int:
                         row[f"{what}_{'abs' if what == 'lse' else 'rel'}_err"] = err(g, r)
                         # the same kernel on the whole sequence: what the block algebra must not exceed by much
                         row[f"whole_{what}_err"] = err(whole[what], r)
-                    ok = row["lse_abs_err"] <= s.lse_tol and all(row[f"{t}_rel_err"] <= s.tol for t in ("out", "dq", "dk", "dv"))
+                    ok = row["lse_abs_err"] <= s.lse_tol and all(
+                        row[f"{t}_rel_err"] <= s.tol for t in ("out", "dq", "dk", "dv")
+                    )
                 except Exception as err:  # noqa: BLE001
                     row["error"], ok = short(err), False
                 finally:
@@ -455,9 +589,17 @@ def cmd_blocks(args) -> int:
                 row["ok"] = ok
                 rows.append(row)
                 if not ok:
-                    failed.append(f"{name} {method} {layout} causal={causal}: {row['error'] or 'errors above tolerance'}")
-                print(("ok  " if ok else "BAD ") + " ".join(f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}"
-                                                         for key, val in row.items() if key not in ("tol", "lse_tol")))
+                    failed.append(
+                        f"{name} {method} {layout} causal={causal}: {row['error'] or 'errors above tolerance'}"
+                    )
+                print(
+                    ("ok  " if ok else "BAD ")
+                    + " ".join(
+                        f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}"
+                        for key, val in row.items()
+                        if key not in ("tol", "lse_tol")
+                    )
+                )
             del whole, whole_out, whole_lse, whole_grads
         del q, k, v, dout, ref, ref_out, ref_lse, ref_grads
         free(device)
@@ -469,6 +611,7 @@ def cmd_blocks(args) -> int:
 
 # ---- 5. emulate rows and 6. the real job ----------------------------------------------------------
 
+
 def python_cmd() -> list[str]:
     """The interpreter to launch harness.run with: $PYTHON (gpu_check.sh sets it), else this one."""
     return shlex.split(os.environ.get("PYTHON") or "") or [sys.executable]
@@ -476,6 +619,7 @@ def python_cmd() -> list[str]:
 
 def llm_methods() -> list[str]:
     import harness.methods
+
     return harness.methods.for_workload("llm", "llama")
 
 
@@ -487,16 +631,31 @@ def emulate_overrides(part: str, cpu: bool) -> list[str]:
         methods = ",".join(llm_methods()) if part == "llm_32k" else "ulysses,ring"
         length = {"llm_32k": (32768, 256), "llm_128k": (131072, 1024)}[part][cpu]
         # tiny has 4 kv heads: TP-SP and Odysseus need them divisible by the world size
-        size = (["model=tiny", "hardware=cpu", "dtype=float32", "world_size=4"] if cpu else
-                ["model=llama3_8b", "model.layers=1", "hardware=h100_nvlink_8x", "dtype=bfloat16", "world_size=8"])
+        size = (
+            ["model=tiny", "hardware=cpu", "dtype=float32", "world_size=4"]
+            if cpu
+            else [
+                "model=llama3_8b",
+                "model.layers=1",
+                "hardware=h100_nvlink_8x",
+                "dtype=bfloat16",
+                "world_size=8",
+            ]
+        )
         return ["+sweep=gpu_emulate", f"method={methods}", *size, f"workload.seq_len={length}", timeout]
     if part == "video":  # DSP 720M at the paper's 1M-token point (256 frames x 4096 on SP 4), one layer
-        size = (["model=tiny_video", "hardware=cpu", "dtype=float32", "workload.frames=8", "workload.spatial=16"] if cpu
-                else ["model=dsp_720m", "model.layers=1", "hardware=h100_nvlink_8x", "dtype=bfloat16"])
+        size = (
+            ["model=tiny_video", "hardware=cpu", "dtype=float32", "workload.frames=8", "workload.spatial=16"]
+            if cpu
+            else ["model=dsp_720m", "model.layers=1", "hardware=h100_nvlink_8x", "dtype=bfloat16"]
+        )
         return ["+sweep=gpu_emulate_video", "method=dsp", *size, timeout]
     if part == "linear":  # LASP-2 Table 6's 1024K tokens on 64 GPUs (rank 1 played), 2 of the 16 layers
-        size = (["model=tiny_linear", "hardware=cpu", "dtype=float32", "world_size=4", "workload.seq_len=256"] if cpu
-                else ["model=linear_llama3_1b", "model.layers=2", "dtype=bfloat16"])
+        size = (
+            ["model=tiny_linear", "hardware=cpu", "dtype=float32", "world_size=4", "workload.seq_len=256"]
+            if cpu
+            else ["model=linear_llama3_1b", "model.layers=2", "dtype=bfloat16"]
+        )
         return ["+sweep=gpu_emulate_linear", "method=lasp2", *size, timeout]
     raise SystemExit(f"unknown emulate part {part!r}")
 
@@ -508,13 +667,31 @@ CPU_BENCH = ["bench.warmup=0", "bench.iters=1"]
 def real_overrides(cpu: bool) -> list[str]:
     """World size 1 with verify: ulysses, ring, Ulysses ZeRO-3 (FSDP2) and Odysseus. GPU: NCCL, a
     narrowed Llama3 block (GQA 8 over 2 kv heads at the real head dim 128) in bf16."""
-    common = ["mode=real", "world_size=1", "verify=true", "method=ulysses,ring,ulysses_zero3,odysseus",
-              "bench.timeout_s=120"]
+    common = [
+        "mode=real",
+        "world_size=1",
+        "verify=true",
+        "method=ulysses,ring,ulysses_zero3,odysseus",
+        "bench.timeout_s=120",
+    ]
     if cpu:
         return [*common, "backend=gloo", "dtype=float32", "model=tiny", "workload.seq_len=256", *CPU_BENCH]
-    return [*common, "backend=nccl", "dtype=bfloat16", "hardware=h100_nvlink_8x", "model=llama3_8b", "model.layers=1",
-            "model.hidden=1024", "model.heads=8", "model.kv_heads=2", "model.head_dim=128", "model.ffn_hidden=3584",
-            "workload.seq_len=4096", "bench.warmup=1", "bench.iters=3"]
+    return [
+        *common,
+        "backend=nccl",
+        "dtype=bfloat16",
+        "hardware=h100_nvlink_8x",
+        "model=llama3_8b",
+        "model.layers=1",
+        "model.hidden=1024",
+        "model.heads=8",
+        "model.kv_heads=2",
+        "model.head_dim=128",
+        "model.ffn_hidden=3584",
+        "workload.seq_len=4096",
+        "bench.warmup=1",
+        "bench.iters=3",
+    ]
 
 
 def verify_tol(dtype: str) -> float:
@@ -541,8 +718,10 @@ def check_rows(rows: list[dict], expected: int, verify: bool) -> list[str]:
             continue
         for phase in ("fwd", "bwd"):
             if row[f"comm_bytes_{phase}"] != row[f"theory_comm_bytes_{phase}"]:
-                problems.append(f"{name}: counted {phase} bytes {row[f'comm_bytes_{phase}']} != theory "
-                                f"{row[f'theory_comm_bytes_{phase}']}")
+                problems.append(
+                    f"{name}: counted {phase} bytes {row[f'comm_bytes_{phase}']} != theory "
+                    f"{row[f'theory_comm_bytes_{phase}']}"
+                )
         if row.get("comm_detail") != row.get("theory_comm_detail"):
             problems.append(f"{name}: comm_detail differs from theory_comm_detail")
         if verify:
@@ -563,11 +742,38 @@ def _points(overrides: list[str]) -> int:
     return math.prod(len(o.split("=", 1)[1].split(",")) for o in overrides if o.startswith("method="))
 
 
-COLUMNS = ("status", "method", "zero3", "ring_layout", "model", "world_size", "play_rank", "seq_len", "frames",
-           "spatial", "layers", "dtype", "attn_backend", "compute_time_ms", "step_time_ms", "projected_comm_ms",
-           "mfu_compute", "mfu", "tflops_per_gpu_compute", "tokens_per_s", "peak_mem_bytes", "comm_bytes_fwd",
-           "theory_comm_bytes_fwd", "comm_bytes_bwd", "theory_comm_bytes_bwd", "verify_out_rel_err",
-           "verify_grad_rel_err", "job_seconds", "error", "job_dir")
+COLUMNS = (
+    "status",
+    "method",
+    "zero3",
+    "ring_layout",
+    "model",
+    "world_size",
+    "play_rank",
+    "seq_len",
+    "frames",
+    "spatial",
+    "layers",
+    "dtype",
+    "attn_backend",
+    "compute_time_ms",
+    "step_time_ms",
+    "projected_comm_ms",
+    "mfu_compute",
+    "mfu",
+    "tflops_per_gpu_compute",
+    "tokens_per_s",
+    "peak_mem_bytes",
+    "comm_bytes_fwd",
+    "theory_comm_bytes_fwd",
+    "comm_bytes_bwd",
+    "theory_comm_bytes_bwd",
+    "verify_out_rel_err",
+    "verify_grad_rel_err",
+    "job_seconds",
+    "error",
+    "job_dir",
+)
 
 
 def cmd_emulate(args) -> int:
@@ -576,7 +782,9 @@ def cmd_emulate(args) -> int:
     rc = _harness(overrides, sweep)
     rows = load_rows(sweep)
     write_csv(args.out / f"emulate_{args.part}.csv", [{c: r.get(c) for c in COLUMNS} for r in rows])
-    problems = check_rows(rows, _points(overrides), verify=False) + ([f"harness.run exited {rc}"] if rc else [])
+    problems = check_rows(rows, _points(overrides), verify=False) + (
+        [f"harness.run exited {rc}"] if rc else []
+    )
     for p in problems:
         print("FAILED:", p)
     return 1 if problems else 0
@@ -588,7 +796,9 @@ def cmd_real(args) -> int:
     rc = _harness(overrides, sweep)
     rows = load_rows(sweep)
     write_csv(args.out / "real.csv", [{c: r.get(c) for c in COLUMNS} for r in rows])
-    problems = check_rows(rows, _points(overrides), verify=True) + ([f"harness.run exited {rc}"] if rc else [])
+    problems = check_rows(rows, _points(overrides), verify=True) + (
+        [f"harness.run exited {rc}"] if rc else []
+    )
     for p in problems:
         print("FAILED:", p)
     return 1 if problems else 0
@@ -597,7 +807,15 @@ def cmd_real(args) -> int:
 # ---- 7. summary -----------------------------------------------------------------------------------
 
 MFU_TARGET, RATIO_TARGET = 0.40, 1.15
-STEPS = ("versions", "kernels", "blocks", "micro", *(f"emulate_{p}" for p in EMULATE_PARTS), "real", "summary")
+STEPS = (
+    "versions",
+    "kernels",
+    "blocks",
+    "micro",
+    *(f"emulate_{p}" for p in EMULATE_PARTS),
+    "real",
+    "summary",
+)
 
 
 def _num(x) -> float | None:
@@ -626,70 +844,133 @@ def summarize(out: Path, cpu: bool) -> tuple[str, list[dict]]:
     table: list[dict] = []
 
     def add(section: str, item: str, target: str, measured: str, met) -> None:
-        table.append({"section": section, "item": item, "target": target, "measured": measured,
-                      "met": "-" if met is None else ("yes" if met else "NO")})
+        table.append(
+            {
+                "section": section,
+                "item": item,
+                "target": target,
+                "measured": measured,
+                "met": "-" if met is None else ("yes" if met else "NO"),
+            }
+        )
 
     long_len = 1024 if cpu else 131072
     uly, ring = _row(long_rows, method="ulysses"), _row(long_rows, method="ring")
     mfu = _num(uly.get("mfu_compute")) if uly and uly.get("status") == "ok" else None
-    add("a", f"Ulysses per-rank compute MFU, {uly.get('world_size') if uly else '?'} ranks x {long_len} tokens, {'tiny' if cpu else 'Llama3-8B'} block, causal "
-        "(emulate `mfu_compute`, causal-effective FLOPs)", f">= {MFU_TARGET:.0%}",
-        "-" if mfu is None else f"{mfu:.1%} ({_fmt(uly.get('compute_time_ms'), '.1f')} ms, {_fmt(uly.get('tflops_per_gpu_compute'))} TFLOP/s)",
-        None if mfu is None else mfu >= MFU_TARGET)
+    add(
+        "a",
+        f"Ulysses per-rank compute MFU, {uly.get('world_size') if uly else '?'} ranks x {long_len} tokens, {'tiny' if cpu else 'Llama3-8B'} block, causal "
+        "(emulate `mfu_compute`, causal-effective FLOPs)",
+        f">= {MFU_TARGET:.0%}",
+        "-"
+        if mfu is None
+        else f"{mfu:.1%} ({_fmt(uly.get('compute_time_ms'), '.1f')} ms, {_fmt(uly.get('tflops_per_gpu_compute'))} TFLOP/s)",
+        None if mfu is None else mfu >= MFU_TARGET,
+    )
     t_u = _num(uly.get("compute_time_ms")) if uly else None
     t_r = _num(ring.get("compute_time_ms")) if ring and ring.get("status") == "ok" else None
     ratio = t_r / t_u if t_u and t_r else None
-    add("b", f"ring ({ring.get('ring_layout') if ring else 'zigzag'}) / Ulysses per-rank compute_time_ms at {long_len} tokens",
-        f"<= {RATIO_TARGET}", "-" if ratio is None else f"{ratio:.3f} ({t_r:.1f} / {t_u:.1f} ms)",
-        None if ratio is None else ratio <= RATIO_TARGET)
+    add(
+        "b",
+        f"ring ({ring.get('ring_layout') if ring else 'zigzag'}) / Ulysses per-rank compute_time_ms at {long_len} tokens",
+        f"<= {RATIO_TARGET}",
+        "-" if ratio is None else f"{ratio:.3f} ({t_r:.1f} / {t_u:.1f} ms)",
+        None if ratio is None else ratio <= RATIO_TARGET,
+    )
     for name in dict.fromkeys(r["kernel"] for r in kernels):
         mine = [r for r in kernels if r["kernel"] == name]
-        errs = {key: max((_num(r.get(key)) for r in mine if _num(r.get(key)) is not None), default=None)
-                for key in ("out_rel_err", "lse_abs_err", "dq_rel_err", "dk_rel_err", "dv_rel_err")}
+        errs = {
+            key: max((_num(r.get(key)) for r in mine if _num(r.get(key)) is not None), default=None)
+            for key in ("out_rel_err", "lse_abs_err", "dq_rel_err", "dk_rel_err", "dv_rel_err")
+        }
         block_ok = [r["ok"] == "True" for r in blocks if r["kernel"] == name]
         t = _row(timing, kernel=name) or {}
         admitted = mine[0]["admitted"] == "True"
-        measured = (", ".join(f"{k.removesuffix('_err')} {_fmt(v)}" for k, v in errs.items())
-                    + f"; blocks {sum(block_ok)}/{len(block_ok)} ok"
-                    + (f"; {_fmt(t.get('fwd_bwd_tflops'))} TFLOP/s fwd+bwd, {_fmt(t.get('fwd_tflops'))} fwd"
-                       f" at {t.get('length')} tokens" if _num(t.get("fwd_bwd_tflops")) else f"; timing: {t.get('error') or '-'}")
-                    + ("" if admitted else " (forced only: the self-check does not admit it)"))
+        measured = (
+            ", ".join(f"{k.removesuffix('_err')} {_fmt(v)}" for k, v in errs.items())
+            + f"; blocks {sum(block_ok)}/{len(block_ok)} ok"
+            + (
+                f"; {_fmt(t.get('fwd_bwd_tflops'))} TFLOP/s fwd+bwd, {_fmt(t.get('fwd_tflops'))} fwd"
+                f" at {t.get('length')} tokens"
+                if _num(t.get("fwd_bwd_tflops"))
+                else f"; timing: {t.get('error') or '-'}"
+            )
+            + ("" if admitted else " (forced only: the self-check does not admit it)")
+        )
         failed_cases = [r for r in mine if r["ok"] != "True"]
-        add("c", f"kernel {name} ({mine[0]['dtype']}, D {'/'.join(sorted({r['head_dim'] for r in mine}, key=int))}, "
-            f"L {mine[0]['length']}, causal and not)", f"rel <= {mine[0]['tol']}, lse <= {mine[0]['lse_tol']} nats",
-            measured + (f"; {len(failed_cases)} case(s) failed: {failed_cases[0].get('error') or 'above tolerance'}"
-                        if failed_cases else ""), not failed_cases and (not block_ok or all(block_ok)))
+        add(
+            "c",
+            f"kernel {name} ({mine[0]['dtype']}, D {'/'.join(sorted({r['head_dim'] for r in mine}, key=int))}, "
+            f"L {mine[0]['length']}, causal and not)",
+            f"rel <= {mine[0]['tol']}, lse <= {mine[0]['lse_tol']} nats",
+            measured
+            + (
+                f"; {len(failed_cases)} case(s) failed: {failed_cases[0].get('error') or 'above tolerance'}"
+                if failed_cases
+                else ""
+            ),
+            not failed_cases and (not block_ok or all(block_ok)),
+        )
     order = {name: i for i, name in enumerate(STEPS)}
     for st in sorted(steps, key=lambda st: order.get(st["step"], len(order))):
-        add("d", f"step {st['step']}", f"pass within {st['timeout_s']} s", f"{st['status']} in {_fmt(st['seconds'], '.1f')} s"
-            + (f" (exit {st['rc']})" if st["status"] != "passed" else ""), st["status"] == "passed")
+        add(
+            "d",
+            f"step {st['step']}",
+            f"pass within {st['timeout_s']} s",
+            f"{st['status']} in {_fmt(st['seconds'], '.1f')} s"
+            + (f" (exit {st['rc']})" if st["status"] != "passed" else ""),
+            st["status"] == "passed",
+        )
 
     title = versions.get("device", "?")
-    lines = [f"# Device check: {title}{' (CPU mode: tiny shapes, targets indicative only)' if cpu else ''}", "",
-             f"torch {versions.get('torch')}, CUDA {versions.get('cuda')}, cuDNN {versions.get('cudnn')}, "
-             f"NCCL {versions.get('nccl')}, capability {versions.get('capability')}, Python {versions.get('python')}, "
-             f"triton {versions.get('triton_version')}, flash-attn {versions.get('flash_attn_version')}", "",
-             "Conventions: kernel errors against math in float64 on the same inputs (out, dq, dk, dv: max abs error "
-             "over max abs reference; LSE: max abs error in nats). TFLOP/s and MFU count causal-effective FLOPs "
-             "(attention's masked half removed; forward + backward = 3x forward, as harness/flops.py). MFU is "
-             "against the hardware profile's dense bf16 peak (h100_nvlink_8x: 989 TFLOP/s; an H200 has the same).", "",
-             "| | item | target | measured | met |", "|---|---|---|---|---|"]
-    lines += [f"| {r['section']} | {r['item']} | {r['target']} | {r['measured']} | {r['met']} |" for r in table]
+    lines = [
+        f"# Device check: {title}{' (CPU mode: tiny shapes, targets indicative only)' if cpu else ''}",
+        "",
+        f"torch {versions.get('torch')}, CUDA {versions.get('cuda')}, cuDNN {versions.get('cudnn')}, "
+        f"NCCL {versions.get('nccl')}, capability {versions.get('capability')}, Python {versions.get('python')}, "
+        f"triton {versions.get('triton_version')}, flash-attn {versions.get('flash_attn_version')}",
+        "",
+        "Conventions: kernel errors against math in float64 on the same inputs (out, dq, dk, dv: max abs error "
+        "over max abs reference; LSE: max abs error in nats). TFLOP/s and MFU count causal-effective FLOPs "
+        "(attention's masked half removed; forward + backward = 3x forward, as harness/flops.py). MFU is "
+        "against the hardware profile's dense bf16 peak (h100_nvlink_8x: 989 TFLOP/s; an H200 has the same).",
+        "",
+        "| | item | target | measured | met |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['section']} | {r['item']} | {r['target']} | {r['measured']} | {r['met']} |" for r in table
+    ]
     job_rows = [(part, r) for part in EMULATE_PARTS for r in read_csv(out / f"emulate_{part}.csv")]
     job_rows += [("real", r) for r in read_csv(out / "real.csv")]
     if job_rows:
-        lines += ["", "| rows | method | ranks | tokens | status | kernel | compute ms (real: step) | comm ms (projected) | MFU compute "
-                  "| bytes = theory | verify out / grad |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| rows | method | ranks | tokens | status | kernel | compute ms (real: step) | comm ms (projected) | MFU compute "
+            "| bytes = theory | verify out / grad |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for part, r in job_rows:
             tokens = f"{r['frames']}x{r['spatial']}" if r.get("frames") else r.get("seq_len")
-            same = r.get("comm_bytes_fwd") == r.get("theory_comm_bytes_fwd") and r.get("comm_bytes_bwd") == r.get("theory_comm_bytes_bwd")
-            method = r["method"] + ("+zero3" if r.get("zero3") == "True" else "") + (f" {r['ring_layout']}" if r.get("ring_layout") else "")
-            lines.append(f"| {part} | {method} | {r['world_size']} | {tokens} | {r['status']} | {r.get('attn_backend') or '-'} "
-                         f"| {_fmt(r.get('compute_time_ms') or r.get('step_time_ms'), '.1f')} | {_fmt(r.get('projected_comm_ms'), '.1f')} "
-                         f"| {_fmt(r.get('mfu_compute'), '.3f')} | {'yes' if same else 'NO'} "
-                         f"| {_fmt(r.get('verify_out_rel_err'), '.2g')} / {_fmt(r.get('verify_grad_rel_err'), '.2g')} |")
-    lines += ["", "Rows: kernels.csv, kernel_timing.csv, blocks.csv, emulate_*.csv (emulate/<part>/*/result.json), "
-              "real.csv (real/*/result.json), micro_benchmarks.json, steps.csv, logs/<step>.log."]
+            same = r.get("comm_bytes_fwd") == r.get("theory_comm_bytes_fwd") and r.get(
+                "comm_bytes_bwd"
+            ) == r.get("theory_comm_bytes_bwd")
+            method = (
+                r["method"]
+                + ("+zero3" if r.get("zero3") == "True" else "")
+                + (f" {r['ring_layout']}" if r.get("ring_layout") else "")
+            )
+            lines.append(
+                f"| {part} | {method} | {r['world_size']} | {tokens} | {r['status']} | {r.get('attn_backend') or '-'} "
+                f"| {_fmt(r.get('compute_time_ms') or r.get('step_time_ms'), '.1f')} | {_fmt(r.get('projected_comm_ms'), '.1f')} "
+                f"| {_fmt(r.get('mfu_compute'), '.3f')} | {'yes' if same else 'NO'} "
+                f"| {_fmt(r.get('verify_out_rel_err'), '.2g')} / {_fmt(r.get('verify_grad_rel_err'), '.2g')} |"
+            )
+    lines += [
+        "",
+        "Rows: kernels.csv, kernel_timing.csv, blocks.csv, emulate_*.csv (emulate/<part>/*/result.json), "
+        "real.csv (real/*/result.json), micro_benchmarks.json, steps.csv, logs/<step>.log.",
+    ]
     return "\n".join(lines) + "\n", table
 
 
@@ -703,20 +984,29 @@ def cmd_summary(args) -> int:
 
 # ---- entry point ----------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("versions", "kernels", "blocks", "emulate", "real", "summary"):
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, required=True)
-        p.add_argument("--cpu", action="store_true", help="CPU sizes: float32, CPU kernels, gloo, tiny models")
+        p.add_argument(
+            "--cpu", action="store_true", help="CPU sizes: float32, CPU kernels, gloo, tiny models"
+        )
         if name == "emulate":
             p.add_argument("--part", choices=EMULATE_PARTS, required=True)
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    return {"versions": cmd_versions, "kernels": cmd_kernels, "blocks": cmd_blocks, "emulate": cmd_emulate,
-            "real": cmd_real, "summary": cmd_summary}[args.command](args)
+    return {
+        "versions": cmd_versions,
+        "kernels": cmd_kernels,
+        "blocks": cmd_blocks,
+        "emulate": cmd_emulate,
+        "real": cmd_real,
+        "summary": cmd_summary,
+    }[args.command](args)
 
 
 if __name__ == "__main__":

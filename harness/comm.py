@@ -4,6 +4,7 @@ Hand-written collectives, FSDP2's, DTensor's (after they desugar) and ring send/
 dispatcher as `c10d.*` or `_c10d_functional.*` ops, so one mode records them all, forward and backward
 (autograd carries the mode into its threads). The harness sets `phase` around forward and backward.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ environment), so the same rank code also runs under torchrun or a cluster launch
 
 Ranks are forked from a forkserver that has already imported torch and the harness, so a launch costs
 about a second instead of one torch import per rank."""
+
 from __future__ import annotations
 
 import faulthandler
@@ -15,12 +16,12 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
-
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -62,7 +63,9 @@ def end_processes(procs: list[psutil.Process], grace_s: float = GRACE_S) -> int:
     return len(procs)
 
 
-def _signal_and_wait(procs: list[psutil.Process], send: Callable[[psutil.Process], Any], grace_s: float) -> None:
+def _signal_and_wait(
+    procs: list[psutil.Process], send: Callable[[psutil.Process], Any], grace_s: float
+) -> None:
     """`send` to each process, then wait up to `grace_s` for all of them to be gone."""
     for proc in procs:
         try:
@@ -77,7 +80,11 @@ def _signal_and_wait(procs: list[psutil.Process], send: Callable[[psutil.Process
 def _helper_pids() -> set[int]:
     """multiprocessing's forkserver and resource tracker of this process (started once, reused)."""
     from multiprocessing import forkserver, resource_tracker
-    pids = {getattr(forkserver._forkserver, "_forkserver_pid", None), getattr(resource_tracker._resource_tracker, "_pid", None)}
+
+    pids = {
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+    }
     return {pid for pid in pids if pid}
 
 
@@ -123,6 +130,7 @@ def stop_helpers(wait_s: float = 3.0) -> None:
     """End multiprocessing's forkserver and resource tracker (after an interruption: the process is
     about to exit, and a rank killed mid-way must not keep them alive)."""
     from multiprocessing import forkserver, resource_tracker
+
     procs = []
     for pid in _helper_pids():
         try:
@@ -206,8 +214,12 @@ def _every_rank_failure(err: ChildFailedError, logs: DefaultLogsSpecs) -> None:
     for local, rank_dir in rank_dirs.items():
         if offset + local not in err.failures:
             error_file = rank_dir / "error.json"
-            failure = ProcessFailure(local_rank=local, pid=0, exitcode=1 if error_file.is_file() else -15,
-                                     error_file=str(error_file))
+            failure = ProcessFailure(
+                local_rank=local,
+                pid=0,
+                exitcode=1 if error_file.is_file() else -15,
+                error_file=str(error_file),
+            )
             failure.stopped_by_launcher = not error_file.is_file()
             err.failures[offset + local] = failure
     for failure in err.failures.values():  # (without its file, a failure's error_file reads "<N/A>")
@@ -235,8 +247,14 @@ def _gather_rank_logs(logs: DefaultLogsSpecs, log_dir: Path, first_rank: int) ->
         (log_dir / f"rank{first_rank + int(rank_dir.name)}.log").write_text("\n".join(parts))
 
 
-def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str | Path | None = None,
-           timeout_s: float | None = None, plan: NodePlan | None = None) -> dict[int, Any]:
+def launch(
+    entry: Callable[..., Any],
+    args: tuple,
+    world_size: int,
+    log_dir: str | Path | None = None,
+    timeout_s: float | None = None,
+    plan: NodePlan | None = None,
+) -> dict[int, Any]:
     """Run `entry(*args)` on `world_size` ranks: all local, or this node's share of a multi-node SLURM
     step (`plan`, default `node_plan(world_size)`); returns {global rank: return value} of this node's ranks.
     With `log_dir`, each rank's output ends up in `log_dir/rank<r>.log`.
@@ -251,8 +269,11 @@ def launch(entry: Callable[..., Any], args: tuple, world_size: int, log_dir: str
     with _private_tempdir() as tmp:
         logs = DefaultLogsSpecs(log_dir=str(log_dir or tmp), tee=Std.ALL, local_ranks_filter={0})
         config = LaunchConfig(
-            **plan.launch_kwargs(), max_restarts=0,
-            start_method=_start_method(), monitor_interval=0.1, logs_specs=logs,
+            **plan.launch_kwargs(),
+            max_restarts=0,
+            start_method=_start_method(),
+            monitor_interval=0.1,
+            logs_specs=logs,
         )
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # elastic sets it anyway; silence its warning
         job = _Launch(tmp)

@@ -6,15 +6,15 @@ stays fast, where a tracker that walks every live tensor at each op grows quadra
 Categories at the peak: param (storages of the model's parameters before the step), input (x and dy),
 grad (storages that are a parameter's or the input's .grad after the step), act (everything else the
 step created: saved activations, temporaries, communication buffers, gathered ZeRO-3 parameters)."""
+
 from __future__ import annotations
 
 import weakref
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-
 
 CATEGORIES = ("param", "input", "grad", "act")
 
@@ -46,7 +46,7 @@ class PeakMemory(TorchDispatchMode):
         self.alive[id(storage)] = entry
         self._refs.append(weakref.ref(storage, lambda _, key=id(storage), e=entry: self._release(key, e)))
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         # FSDP2 frees and re-allocates gathered parameters by resizing their storage in place, which
         # no op shows: follow storage resizes while the mode is on
         self._resize = resize = torch.UntypedStorage.resize_
@@ -96,8 +96,10 @@ class PeakMemory(TorchDispatchMode):
             entry = self.alive.get(id(_storage(g))) if g is not None else None
             if entry is not None and entry[3] == "act":
                 entry[3] = "grad"
-        events = sorted([(e[1], e[0]) for e in self.lifetimes]
-                        + [(e[2], -e[0]) for e in self.lifetimes if e[2] is not None])  # frees first at a tie
+        events = sorted(
+            [(e[1], e[0]) for e in self.lifetimes]
+            + [(e[2], -e[0]) for e in self.lifetimes if e[2] is not None]
+        )  # frees first at a tie
         live, best, best_time = 0, -1, -1
         for time, delta in events:
             live += delta

@@ -1,15 +1,27 @@
 """Hydra config -> validated `Problem`. Everything that can be refused is refused here, in the parent,
 before any rank starts; the message says what to change."""
+
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
 import methods
-
-from .groups import CHECKED_GROUPS, method_name, option_error, option_keys, options
 from methods.common.config import DTYPES, InvalidConfig, ModelConfig, Problem, Workload
 
-MODEL_KEYS = ("name", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "layers", "kind", "rope_theta", "norm_eps")
+from .groups import CHECKED_GROUPS, method_name, option_error, option_keys, options
+
+MODEL_KEYS = (
+    "name",
+    "hidden",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "ffn_hidden",
+    "layers",
+    "kind",
+    "rope_theta",
+    "norm_eps",
+)
 WORKLOAD_KEYS = ("name", "batch_size", "seq_len", "causal", "frames", "spatial")
 
 
@@ -25,14 +37,21 @@ def _unknown_choice(cfg: DictConfig) -> None:
         key, value = next(iter(refused.items()))
         raise InvalidConfig(option_error(cfg.method.name, key, value))
     unknown = list(cfg.get("unknown_options") or [])
-    for group in CHECKED_GROUPS[1:]:  # `+group.key=...` the group's file lacks (a method's options refuse theirs)
+    for group in CHECKED_GROUPS[
+        1:
+    ]:  # `+group.key=...` the group's file lacks (a method's options refuse theirs)
         choice = cfg[group].get("name")
         if choice in options(group):
             unknown += [f"{group}.{k}" for k in cfg[group] if k not in option_keys(group, choice)]
     if unknown:
         groups = sorted({k.split(".")[0] for k in unknown})
-        raise InvalidConfig(f"unknown option(s) {', '.join(unknown)}; " + "; ".join(
-            f"{g} {cfg[g].get('name')!r} accepts {', '.join(sorted(option_keys(g, cfg[g].get('name'))))}" for g in groups))
+        raise InvalidConfig(
+            f"unknown option(s) {', '.join(unknown)}; "
+            + "; ".join(
+                f"{g} {cfg[g].get('name')!r} accepts {', '.join(sorted(option_keys(g, cfg[g].get('name'))))}"
+                for g in groups
+            )
+        )
 
 
 def problem_from_cfg(cfg: DictConfig) -> Problem:
@@ -43,8 +62,10 @@ def problem_from_cfg(cfg: DictConfig) -> Problem:
     if cfg.dtype not in DTYPES:
         raise InvalidConfig(f"dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model = ModelConfig(**{k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg},
-                        extra={k: v for k, v in model_cfg.items() if k not in MODEL_KEYS})
+    model = ModelConfig(
+        **{k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg},
+        extra={k: v for k, v in model_cfg.items() if k not in MODEL_KEYS},
+    )
     workload_cfg = OmegaConf.to_container(cfg.workload, resolve=True)
     workload = Workload(**{k: workload_cfg[k] for k in WORKLOAD_KEYS if k in workload_cfg})
     for key in ("batch_size", "layers"):
@@ -60,13 +81,16 @@ def problem_from_cfg(cfg: DictConfig) -> Problem:
 def resolve_backend(cfg: DictConfig) -> str:
     """auto: NCCL when CUDA has a GPU per rank, else gloo. An explicit NCCL without enough GPUs is refused."""
     import torch
+
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if cfg.backend == "nccl" and not torch.cuda.is_available():
         raise InvalidConfig("backend=nccl needs CUDA, and this machine has none; use backend=gloo (or auto)")
     if cfg.backend == "auto":
         return "nccl" if gpus >= cfg.world_size else "gloo"
     if cfg.backend == "nccl" and gpus < cfg.world_size:
-        raise InvalidConfig(f"backend=nccl needs one GPU per rank: world_size={cfg.world_size}, GPUs here: {gpus}")
+        raise InvalidConfig(
+            f"backend=nccl needs one GPU per rank: world_size={cfg.world_size}, GPUs here: {gpus}"
+        )
     if cfg.backend not in ("nccl", "gloo"):
         raise InvalidConfig(f"backend must be auto, nccl or gloo, got {cfg.backend!r}")
     return cfg.backend

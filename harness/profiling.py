@@ -6,18 +6,22 @@ On a GPU, communication is the NCCL kernels and compute every other kernel. On C
 transfers run on gloo's threads, which the trace does not show: there, communication is the time
 the rank spends inside collective ops and compute the other ops on any thread, so the number says
 how much of that time other work filled."""
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-COMM = re.compile(r"nccl|gloo|c10d::|record_param_comms|all_?gather|reduce_?scatter|all_?reduce|all_?to_?all|"
-                  r"\bsend\b|\brecv", re.IGNORECASE)
+COMM = re.compile(
+    r"nccl|gloo|c10d::|record_param_comms|all_?gather|reduce_?scatter|all_?reduce|all_?to_?all|"
+    r"\bsend\b|\brecv",
+    re.IGNORECASE,
+)
 
 Interval = tuple[float, float]
 
@@ -73,8 +77,10 @@ def overlap_fraction(trace: dict) -> float | None:
         return None
     compute = [e for e in pool if not COMM.search(e["name"])]
     if not kernels:  # CPU ops nest: an op that encloses a collective on its thread is not compute
+
         def encloses_comm(e: dict) -> bool:
             s, t = span(e)
             return any(c["tid"] == e["tid"] and s <= span(c)[0] and span(c)[1] <= t for c in comm_events)
+
         compute = [e for e in compute if not encloses_comm(e)]
     return _length(_intersection(comm, _union([span(e) for e in compute]))) / _length(comm)

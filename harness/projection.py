@@ -3,9 +3,10 @@ its bus bytes over the link it crosses (nccl-tests convention: bus bytes / bus b
 
 A group whose ranks sit on more than one node (`gpus` per node, ranks placed node after node) runs at
 the inter-node bandwidth, the slowest link of its ring; otherwise at the NVLink bandwidth."""
+
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from methods.common.cost import bus_bytes
 

@@ -106,7 +106,7 @@ def base_row(cfg: DictConfig) -> dict:
     bench = cfg.get("bench") or {}
     row = {
         "run_id": str(uuid.uuid4()),
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "config_hash": config_hash(cfg),
         **provenance.host(),
         "mode": cfg.get("mode"),

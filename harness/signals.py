@@ -8,6 +8,7 @@ Rank side (`rank_start`, first thing in every rank): the rank dies with its pare
 and with the launcher process (a thread polling its PID: with a forkserver the rank's parent is the
 forkserver, not the launcher), writes its PID where the launcher finds it, and `progress` records the
 last step it finished."""
+
 from __future__ import annotations
 
 import ctypes
@@ -15,8 +16,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 LAUNCH_DIR_ENV = "SPBENCH_LAUNCH_DIR"  # set in each rank by rank_start: the launch's directory
 PIDS, PROGRESS, OWNER = "pids", "progress", "owner"
@@ -41,8 +42,10 @@ class Interrupted(BaseException):
         if not self.steps:
             return f"interrupted by {name} before any rank finished a step"
         per_rank = ", ".join(f"rank {r}: {s}" for r, s in sorted(self.steps.items()))
-        return (f"interrupted by {name}: the ranks had finished step {min(self.steps.values())} ({per_rank}; "
-                "step 0 = the counted step, then warm-up and timed steps)")
+        return (
+            f"interrupted by {name}: the ranks had finished step {min(self.steps.values())} ({per_rank}; "
+            "step 0 = the counted step, then warm-up and timed steps)"
+        )
 
 
 # ---- parent side ------------------------------------------------------------------------------------
@@ -79,6 +82,7 @@ def on_second_signal(stop: Callable[[], None]) -> Callable[[], None]:
 
 # ---- rank side -------------------------------------------------------------------------------------
 
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -89,6 +93,7 @@ def _die_with_parent() -> None:
 
 def _alive(pid: int, start: float) -> bool:
     import psutil
+
     try:
         proc = psutil.Process(pid)
         return abs(proc.create_time() - start) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
@@ -105,11 +110,13 @@ def _watch(pid: int, start: float, every_s: float = 1.0) -> None:
 def rank_start(launch_dir: str, launcher_pid: int, launcher_start: float) -> None:
     """First thing in a rank: die with the parent and the launcher, and say who this rank is."""
     import psutil
+
     _die_with_parent()
     if not _alive(launcher_pid, launcher_start):
         os._exit(1)
-    threading.Thread(target=_watch, args=(launcher_pid, launcher_start), daemon=True,
-                     name="spbench-launcher-watch").start()
+    threading.Thread(
+        target=_watch, args=(launcher_pid, launcher_start), daemon=True, name="spbench-launcher-watch"
+    ).start()
     os.environ[LAUNCH_DIR_ENV] = launch_dir
     me = psutil.Process()
     _write(Path(launch_dir) / PIDS / str(me.pid), repr(me.create_time()))
@@ -139,11 +146,18 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-
-
-
 def run_rank(info: tuple[str, int, float], entry: Callable, *args):
     """The launch's entry point in every rank: `rank_start(*info)`, then `entry(*args)`."""
     rank_start(*info)
     return entry(*args)
-__all__ = ["Interrupted", "install", "on_second_signal", "rank_start", "run_rank", "progress", "read_progress"]
+
+
+__all__ = [
+    "Interrupted",
+    "install",
+    "on_second_signal",
+    "rank_start",
+    "run_rank",
+    "progress",
+    "read_progress",
+]

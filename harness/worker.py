@@ -5,6 +5,7 @@ Counting (and CPU memory tracking) happen on a step of their own, so the timed s
 In mode=emulate and mode=dryrun one process plays one rank over a fake process group (collectives
 return at once, their outputs unwritten, and the counter still sees every one); dryrun also makes
 every tensor fake, so nothing is computed or allocated and only shapes, bytes and memory are real."""
+
 from __future__ import annotations
 
 import logging
@@ -12,11 +13,12 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,8 +27,8 @@ import methods
 from methods.common.attention import backend_name, use_backend
 from methods.common.config import Problem
 from methods.common.layers import build_reference
-from methods.common.linear_attention import linear_backend_name
 from methods.common.layout import shard, unshard
+from methods.common.linear_attention import linear_backend_name
 
 from . import signals
 from .comm import CommCounter
@@ -56,6 +58,7 @@ class _Phases:
 class Fault:
     """Injected failure for testing the harness: at step `step` (0 = the counted step, then warm-up and
     timed steps) rank `rank` runs out of memory, crashes, hangs, or produces non-finite values."""
+
     kind: str = "none"  # none | oom | crash | hang | nan
     rank: int = 0
     step: int = 0
@@ -101,7 +104,9 @@ def _inject(fault: Fault, step: int) -> bool:
 
 def _check_finite(y: torch.Tensor, x: torch.Tensor, model: torch.nn.Module, step: int) -> None:
     """Outside any timed region: a non-finite output or gradient ends the job with its name."""
-    named = [("output", y), ("input gradient", x.grad)] + [(f"gradient of {n}", p.grad) for n, p in model.named_parameters()]
+    named = [("output", y), ("input gradient", x.grad)] + [
+        (f"gradient of {n}", p.grad) for n, p in model.named_parameters()
+    ]
     for name, t in named:
         t = t.to_local() if hasattr(t, "to_local") else t  # a ZeRO-3 rank checks its own shard
         if t is not None and not bool(torch.isfinite(t.detach()).all()):
@@ -118,8 +123,9 @@ def init_rank(backend: str, timeout_s: float) -> torch.device:
         device = torch.device("cpu")
         # the ranks share the machine's cores; oversubscription would time the scheduler
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
-                            device_id=device if backend == "nccl" else None)
+    dist.init_process_group(
+        backend, timeout=timedelta(seconds=timeout_s), device_id=device if backend == "nccl" else None
+    )
     return device
 
 
@@ -132,7 +138,9 @@ def entry(jobs: list[Job]) -> list[dict]:
         dist.destroy_process_group()
 
 
-def call_in_group(fn: Callable[..., Any], args: tuple = (), backend: str = "gloo", timeout_s: float = 120.0) -> Any:
+def call_in_group(
+    fn: Callable[..., Any], args: tuple = (), backend: str = "gloo", timeout_s: float = 120.0
+) -> Any:
     """Launch entry point for arbitrary rank code (tests, benchmarks): `fn(*args)` inside a process group."""
     init_rank(backend, timeout_s)
     try:
@@ -145,6 +153,7 @@ def entry_single(jobs: list[Job]) -> list[dict]:
     """Launch entry point of mode=emulate and mode=dryrun (one process): each job plays its
     `play_rank` of `world_size` over a fake process group, on the GPU when emulating on a GPU box."""
     from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
+
     results = []
     for job in jobs:
         device = torch.device("cpu")
@@ -158,7 +167,9 @@ def entry_single(jobs: list[Job]) -> list[dict]:
             torch.set_flush_denormal(True)
         # the fake group registers for CPU and CUDA only: the meta device is named here
         backend = "cpu:fake,cuda:fake,meta:fake" if device.type == "meta" else "fake"
-        dist.init_process_group(backend, store=FakeStore(), rank=job.play_rank, world_size=job.problem.world_size)
+        dist.init_process_group(
+            backend, store=FakeStore(), rank=job.play_rank, world_size=job.problem.world_size
+        )
         try:
             with torch.device(job.default_device) if job.default_device else nullcontext():
                 results.append(run_job(job, device))
@@ -186,7 +197,10 @@ def _inputs(job: Job, index: torch.Tensor, device: torch.device) -> tuple[torch.
     else:
         gen = torch.Generator().manual_seed(job.seed + 1 + dist.get_rank())
         shape = (p.workload.batch_size, index.numel(), p.model.hidden)
-        x, dy = torch.randn(shape, generator=gen, device="cpu"), torch.randn(shape, generator=gen, device="cpu")
+        x, dy = (
+            torch.randn(shape, generator=gen, device="cpu"),
+            torch.randn(shape, generator=gen, device="cpu"),
+        )
     x, dy = (t.to(device=device, dtype=p.torch_dtype) for t in (x, dy))
     return x.requires_grad_(), dy
 
@@ -237,6 +251,7 @@ def run_job(job: Job, device: torch.device) -> dict:
     if job.mode != "dryrun":
         return _run_job(job, device)
     from torch._subclasses.fake_tensor import FakeTensorMode
+
     with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():  # layout indices are real
         # deep-copying a fake parameter reads its (absent) data pointer; harmless here
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
@@ -248,13 +263,19 @@ def _run_job(job: Job, device: torch.device) -> dict:
     use_backend(job.attn_backend)
     # GPU kernels' one-time self-checks run here, uncounted, at the job's head_dim
     attn_backend = backend_name(device, p.torch_dtype, p.model.head_dim)
-    linear = linear_backend_name(device, p.torch_dtype, p.model.head_dim) if p.model.kind in ("linear", "hybrid") else None
+    linear = (
+        linear_backend_name(device, p.torch_dtype, p.model.head_dim)
+        if p.model.kind in ("linear", "hybrid")
+        else None
+    )
     real = job.mode == "real"  # only real collectives write their outputs: finite checks need them
     phases = _Phases(f"{job.mode} {p.method} rank {dist.get_rank()}/{p.world_size}")
     method = methods.for_problem(p)
     rank = dist.get_rank()
     index = method.layout(p)[rank]
-    reference = build_reference(p.model, job.seed, torch.float64 if job.verify else p.torch_dtype, device, p.workload)
+    reference = build_reference(
+        p.model, job.seed, torch.float64 if job.verify else p.torch_dtype, device, p.workload
+    )
     model = method.build(p, reference, device)
     if not job.verify:
         del reference  # methods copy what they need; keeping it would double the parameter memory
@@ -266,9 +287,15 @@ def _run_job(job: Job, device: torch.device) -> dict:
     if real:
         _check_finite(y, x, model, 0)
     signals.progress(0)  # the step reached, for an interrupted job's row
-    result: dict = {"rank": rank, "attn_backend": attn_backend, "linear_backend": linear,
-                    "comm": counter.cost().as_dict(), "comm_calls": counter.calls(),
-                    "comm_records": counter.records, **memory}
+    result: dict = {
+        "rank": rank,
+        "attn_backend": attn_backend,
+        "linear_backend": linear,
+        "comm": counter.cost().as_dict(),
+        "comm_calls": counter.calls(),
+        "comm_records": counter.records,
+        **memory,
+    }
     if job.verify:
         result.update(verify(job, method, model, reference, x, y, device))
         del reference
@@ -288,12 +315,14 @@ def _run_job(job: Job, device: torch.device) -> dict:
         if real:
             _check_finite(y, x, model, step)
         signals.progress(step)
-    result["step_times_s"] = times[job.warmup:] if timed else []
+    result["step_times_s"] = times[job.warmup :] if timed else []
     if steps:
         phases.done(f"{steps} timed steps")
     if job.profile_dir and job.mode != "dryrun" and timed:
         _zero_grads(model, x)
-        overlap = profiled_step(lambda: _step(model, x, dy), device, Path(job.profile_dir) / f"trace_rank{rank}.json")
+        overlap = profiled_step(
+            lambda: _step(model, x, dy), device, Path(job.profile_dir) / f"trace_rank{rank}.json"
+        )
         result["overlap_frac"] = overlap if real else None  # a fake group's collectives take no time
     if device.type == "cuda":
         result["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -317,6 +346,7 @@ def _timed_step(model, x, dy, device, poison: bool) -> tuple[float, torch.Tensor
 
 
 # ---- verification against the single-device float64 block -----------------------------------------
+
 
 def _gather_global(local: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
     """Every rank's shard, reassembled; shards of unequal length travel padded to the longest."""
@@ -357,5 +387,9 @@ def verify(job: Job, method, model, reference, x, y, device) -> dict:
     grad_errs.update({name: rel_err(grads[name], prm.grad) for name, prm in ref_grads.items()})
     grad_dtypes = {name: str(g.dtype).removeprefix("torch.") for name, g in grads.items()}
     grad_dtypes["input"] = str(x.grad.dtype).removeprefix("torch.")
-    return {"verify_out_rel_err": rel_err(y_full, y_ref), "verify_grad_rel_err": max(grad_errs.values()),
-            "verify_grad_errs": grad_errs, "verify_grad_dtypes": grad_dtypes}
+    return {
+        "verify_out_rel_err": rel_err(y_full, y_ref),
+        "verify_grad_rel_err": max(grad_errs.values()),
+        "verify_grad_errs": grad_errs,
+        "verify_grad_dtypes": grad_dtypes,
+    }

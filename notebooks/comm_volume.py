@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -63,12 +65,24 @@ pd.set_option("display.float_format", "{:.4g}".format)
 def shapes(row: pd.Series):
     """A row's model, workload, world size and dtype as the harness's Problem, composed from the same
     Hydra config the run used (the cost tables set each method and its options themselves)."""
-    size = ([f"workload.frames={int(row.frames)}", f"workload.spatial={int(row.spatial)}"] if row.workload == "video"
-            else [f"workload.seq_len={int(row.seq_len)}"])
+    size = (
+        [f"workload.frames={int(row.frames)}", f"workload.spatial={int(row.spatial)}"]
+        if row.workload == "video"
+        else [f"workload.seq_len={int(row.seq_len)}"]
+    )
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"method={row.method}", f"model={row.model}", f"model.layers={row.layers}",
-                                           f"workload={row.workload}", *size, f"world_size={row.world_size}",
-                                           f"dtype={row['dtype']}"])
+        cfg = compose(
+            "config",
+            overrides=[
+                f"method={row.method}",
+                f"model={row.model}",
+                f"model.layers={row.layers}",
+                f"workload={row.workload}",
+                *size,
+                f"world_size={row.world_size}",
+                f"dtype={row['dtype']}",
+            ],
+        )
     return problem_from_cfg(cfg)
 
 
@@ -89,7 +103,7 @@ def show(records: list[dict], csv: str, missing: str) -> pd.DataFrame:
 
 
 ELEM_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
-MiB = 2.0 ** 20
+MiB = 2.0**20
 
 # %% [markdown]
 # ## 1. Counted vs cost model, every row
@@ -101,13 +115,25 @@ if ok.empty:
     print("missing: no ok rows")
     counted_vs_theory = pd.DataFrame()
 else:
-    counted_vs_theory = pd.DataFrame({
-        "mode": ok["mode"], "method": ok["label"], "model": ok["model"], "layers": ok["layers"],
-        "world_size": ok["world_size"], "tokens": ok["tokens"].astype(int),
-        "counted_fwd_MiB": ok.comm_bytes_fwd / MiB, "theory_fwd_MiB": ok.theory_comm_bytes_fwd / MiB,
-        "counted_bwd_MiB": ok.comm_bytes_bwd / MiB, "theory_bwd_MiB": ok.theory_comm_bytes_bwd / MiB,
-        "equal": ok.comm_detail == ok.theory_comm_detail,
-    }).sort_values(["mode", "model", "layers", "method", "tokens"]).reset_index(drop=True)
+    counted_vs_theory = (
+        pd.DataFrame(
+            {
+                "mode": ok["mode"],
+                "method": ok["label"],
+                "model": ok["model"],
+                "layers": ok["layers"],
+                "world_size": ok["world_size"],
+                "tokens": ok["tokens"].astype(int),
+                "counted_fwd_MiB": ok.comm_bytes_fwd / MiB,
+                "theory_fwd_MiB": ok.theory_comm_bytes_fwd / MiB,
+                "counted_bwd_MiB": ok.comm_bytes_bwd / MiB,
+                "theory_bwd_MiB": ok.theory_comm_bytes_bwd / MiB,
+                "equal": ok.comm_detail == ok.theory_comm_detail,
+            }
+        )
+        .sort_values(["mode", "model", "layers", "method", "tokens"])
+        .reset_index(drop=True)
+    )
     counted_vs_theory.to_csv(OUT / "comm_counted_vs_theory.csv", index=False)
     print(counted_vs_theory.to_string(index=False))
     print(f"\n{counted_vs_theory.equal.sum()} of {len(counted_vs_theory)} rows: counted == cost model")
@@ -127,12 +153,34 @@ else:
     by_kind = []
     for _, group in longest.groupby(depth):
         divisor, unit = unit_for([total(d) for d in group.comm_detail], "bytes")  # each panel in its own unit
-        by_kind += [{"panel": f"{r.model}, {r.layers} layer{'s' if r.layers != 1 else ''}, {fmt_tokens(r.tokens)} tokens"
-                              f" ({unit})", "config": r.label, "kind": kind, "bytes": b / divisor}
-                    for _, r in group.iterrows() for kinds in r.comm_detail.values() for kind, b in kinds.items()]
+        by_kind += [
+            {
+                "panel": f"{r.model}, {r.layers} layer{'s' if r.layers != 1 else ''}, {fmt_tokens(r.tokens)} tokens"
+                f" ({unit})",
+                "config": r.label,
+                "kind": kind,
+                "bytes": b / divisor,
+            }
+            for _, r in group.iterrows()
+            for kinds in r.comm_detail.values()
+            for kind, b in kinds.items()
+        ]
     by_kind = pd.DataFrame(by_kind)
-    g = sns.catplot(data=by_kind, x="config", y="bytes", hue="kind", col="panel", col_wrap=2, kind="bar",
-                    errorbar=None, sharex=False, sharey=False, height=3.2, aspect=1.6, estimator="sum")
+    g = sns.catplot(
+        data=by_kind,
+        x="config",
+        y="bytes",
+        hue="kind",
+        col="panel",
+        col_wrap=2,
+        kind="bar",
+        errorbar=None,
+        sharex=False,
+        sharey=False,
+        height=3.2,
+        aspect=1.6,
+        estimator="sum",
+    )
     g.set_titles("{col_name}")
     g.set_axis_labels("", "bytes per rank, fwd + bwd (unit in the title)")
     g.set_xticklabels(rotation=30, ha="right")
@@ -143,7 +191,11 @@ else:
 # The papers' tables below are per layer: only rows of one layer are set beside them.
 
 # %%
-dry = keep(dry, dry.layers == 1, "the papers' tables are per layer (model.layers=1 rows only)") if not dry.empty else dry
+dry = (
+    keep(dry, dry.layers == 1, "the papers' tables are per layer (model.layers=1 rows only)")
+    if not dry.empty
+    else dry
+)
 
 # %% [markdown]
 # ## 2. Odysseus README cost table (Llama2-7B, per layer, fwd + bwd, per device)
@@ -155,12 +207,16 @@ dry = keep(dry, dry.layers == 1, "the papers' tables are per layer (model.layers
 # `act_x_Ld` is the activation traffic in units of one [B, L, d] hidden state, ours vs the README's.
 
 # %%
-ODYSSEUS = {"TP-SP": ("tp_sp", False), "Ulysses+ZeRO3": ("ulysses", True), "Ring+ZeRO3": ("ring", True),
-            "Odysseus+ZeRO3": ("odysseus", False)}
+ODYSSEUS = {
+    "TP-SP": ("tp_sp", False),
+    "Ulysses+ZeRO3": ("ulysses", True),
+    "Ring+ZeRO3": ("ring", True),
+    "Odysseus+ZeRO3": ("odysseus", False),
+}
 readme = reference.load("odysseus_readme_cost").set_index("method")
 rows = dry[(dry.model == "llama2_7b")] if not dry.empty else dry
 odysseus = []
-for seq_len, group in (rows.groupby("seq_len") if not rows.empty else []):
+for seq_len, group in rows.groupby("seq_len") if not rows.empty else []:
     model_table = odysseus_table(shapes(group.iloc[0])).set_index("method")
     for name, (method, zero3) in ODYSSEUS.items():
         match = group[(group.method == method) & (group.zero3 == zero3)]
@@ -169,13 +225,23 @@ for seq_len, group in (rows.groupby("seq_len") if not rows.empty else []):
             continue
         r = match.iloc[0]
         sym = {"L": r.batch_size * r.seq_len, "d": r.hidden, "i": r.ffn_hidden, "N": r.world_size}
-        act, grad = (reference.evaluate(readme.loc[name, c], **sym) for c in ("act_comm_expr", "grad_comm_expr"))
-        odysseus.append({"seq_len": seq_len, "method": name, "counted_MiB": (r.comm_bytes_fwd + r.comm_bytes_bwd) / MiB,
-                         "model_MiB": model_table.loc[name, "total_MiB"],
-                         "readme": f"{readme.loc[name, 'act_comm_formula']} + {readme.loc[name, 'grad_comm_formula']}",
-                         "readme_MiB": (act + grad) * ELEM_BYTES[r["dtype"]] / MiB,
-                         "act_x_Ld": model_table.loc[name, "activation_x_Ld"],
-                         "readme_act_x_Ld": reference.evaluate(readme.loc[name, "act_comm_expr"], L=1, d=1, N=r.world_size)})
+        act, grad = (
+            reference.evaluate(readme.loc[name, c], **sym) for c in ("act_comm_expr", "grad_comm_expr")
+        )
+        odysseus.append(
+            {
+                "seq_len": seq_len,
+                "method": name,
+                "counted_MiB": (r.comm_bytes_fwd + r.comm_bytes_bwd) / MiB,
+                "model_MiB": model_table.loc[name, "total_MiB"],
+                "readme": f"{readme.loc[name, 'act_comm_formula']} + {readme.loc[name, 'grad_comm_formula']}",
+                "readme_MiB": (act + grad) * ELEM_BYTES[r["dtype"]] / MiB,
+                "act_x_Ld": model_table.loc[name, "activation_x_Ld"],
+                "readme_act_x_Ld": reference.evaluate(
+                    readme.loc[name, "act_comm_expr"], L=1, d=1, N=r.world_size
+                ),
+            }
+        )
 odysseus = show(odysseus, "odysseus_table.csv", "no llama2_7b dryrun rows for the Odysseus table")
 
 # %% [markdown]
@@ -203,14 +269,25 @@ for _, r in rows.iterrows():
     e, name = ELEM_BYTES[r["dtype"]], USP[r.method]
     sym = {"bs": 1, "L": 1, "d": 1, "N": r.world_size, "n_kv_groups": r.heads // r.kv_heads}
     param = usp_ref.loc[name.replace(" (GQA)", ""), "param_comm_expr"]  # the GQA row states activations only
-    usp.append({"method": r.method, "seq_len": r.seq_len, "usp_row": name,
-                "act_x_bsLd": total(r.comm_detail, skip=("all_reduce",)) / (r.batch_size * r.seq_len * r.hidden * e),
-                "usp_act_x_bsLd": reference.evaluate(usp_ref.loc[name, "act_comm_expr"], **sym),
-                "upper_bound": bool(usp_ref.loc[name, "act_comm_is_upper_bound"]),
-                "param_x_d2": (total(r.comm_detail) - total(r.comm_detail, skip=("all_reduce",))) / (r.hidden ** 2 * e),
-                "usp_param_x_d2": reference.evaluate(param, d=1)})
-usp = show(sorted(usp, key=lambda u: (u["method"], u["seq_len"])), "usp_table2.csv",
-           "no llama3_8b dryrun rows of ulysses / ring / usp / tp_sp")
+    usp.append(
+        {
+            "method": r.method,
+            "seq_len": r.seq_len,
+            "usp_row": name,
+            "act_x_bsLd": total(r.comm_detail, skip=("all_reduce",))
+            / (r.batch_size * r.seq_len * r.hidden * e),
+            "usp_act_x_bsLd": reference.evaluate(usp_ref.loc[name, "act_comm_expr"], **sym),
+            "upper_bound": bool(usp_ref.loc[name, "act_comm_is_upper_bound"]),
+            "param_x_d2": (total(r.comm_detail) - total(r.comm_detail, skip=("all_reduce",)))
+            / (r.hidden**2 * e),
+            "usp_param_x_d2": reference.evaluate(param, d=1),
+        }
+    )
+usp = show(
+    sorted(usp, key=lambda u: (u["method"], u["seq_len"])),
+    "usp_table2.csv",
+    "no llama3_8b dryrun rows of ulysses / ring / usp / tp_sp",
+)
 
 # %% [markdown]
 # The activation coefficients do not depend on L, as the table says. Ulysses is (N-1)/N times the GQA
@@ -232,16 +309,23 @@ MODEL_NAME = {method: name for name, method, _, _ in DSP_PAPER}  # dsp_table's r
 dsp_ref = reference.load("dsp_comm_2d_layer").set_index("method")
 rows = dry[dry.workload == "video"] if not dry.empty else dry
 dsp = []
-for frames, group in (rows.groupby("frames") if not rows.empty else []):
+for frames, group in rows.groupby("frames") if not rows.empty else []:
     model_table = dsp_table(shapes(group.iloc[0])).set_index("method")
     for _, r in group.iterrows():
         name = DSP[r.method]
         m_bytes = r.batch_size * r.frames * r.spatial * r.hidden * ELEM_BYTES[r["dtype"]]
-        dsp.append({"frames": frames, "spatial": r.spatial, "method": name, "counted_fwd_x_M": r.comm_bytes_fwd / m_bytes,
-                    "model_x_M": model_table.loc[MODEL_NAME[r.method], "fwd_x_M"],
-                    "paper": dsp_ref.loc[name, "comm_volume_formula"],
-                    "paper_x_M": reference.evaluate(dsp_ref.loc[name, "comm_volume_expr"], M=1, N=r.world_size),
-                    "paper_counts": dsp_ref.loc[name, "counted_as"]})
+        dsp.append(
+            {
+                "frames": frames,
+                "spatial": r.spatial,
+                "method": name,
+                "counted_fwd_x_M": r.comm_bytes_fwd / m_bytes,
+                "model_x_M": model_table.loc[MODEL_NAME[r.method], "fwd_x_M"],
+                "paper": dsp_ref.loc[name, "comm_volume_formula"],
+                "paper_x_M": reference.evaluate(dsp_ref.loc[name, "comm_volume_expr"], M=1, N=r.world_size),
+                "paper_counts": dsp_ref.loc[name, "counted_as"],
+            }
+        )
 dsp = show(dsp, "dsp_table.csv", "no video dryrun rows for the DSP table")
 
 # %% [markdown]
@@ -259,13 +343,31 @@ rows = dry[dry.method.isin(["lasp1", "lasp2"])] if not dry.empty else dry
 lasp = []
 for _, r in rows.iterrows():
     name = {"lasp1": "LASP-1", "lasp2": "LASP-2"}[r.method]
-    paper = lambda d: 4 * reference.evaluate(lasp_ref.loc[name, "traffic_over_iterations_expr"], W=r.world_size, I=1,
-                                             B=r.batch_size, H=r.heads, d=d)
-    lasp.append({"method": name, "seq_len": r.seq_len, "W": r.world_size,
-                 "counted_state_MiB": total(r.comm_detail, skip=("all_reduce",)) / MiB,
-                 "counted_kinds": "+".join(sorted({k for p in r.comm_detail.values() for k in p if k != "all_reduce"})),
-                 "paper_d_hidden_MiB": paper(r.hidden) / MiB, "paper_d_head_MiB": paper(r.head_dim) / MiB,
-                 "paper": lasp_ref.loc[name, "traffic_over_iterations_formula"]})
+    paper = lambda d: (
+        4
+        * reference.evaluate(
+            lasp_ref.loc[name, "traffic_over_iterations_expr"],
+            W=r.world_size,
+            I=1,
+            B=r.batch_size,
+            H=r.heads,
+            d=d,
+        )
+    )
+    lasp.append(
+        {
+            "method": name,
+            "seq_len": r.seq_len,
+            "W": r.world_size,
+            "counted_state_MiB": total(r.comm_detail, skip=("all_reduce",)) / MiB,
+            "counted_kinds": "+".join(
+                sorted({k for p in r.comm_detail.values() for k in p if k != "all_reduce"})
+            ),
+            "paper_d_hidden_MiB": paper(r.hidden) / MiB,
+            "paper_d_head_MiB": paper(r.head_dim) / MiB,
+            "paper": lasp_ref.loc[name, "traffic_over_iterations_formula"],
+        }
+    )
 lasp = show(lasp, "lasp2_cost.csv", "no lasp1 / lasp2 dryrun rows")
 
 # %% [markdown]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -51,11 +53,13 @@ OUT = Path(RESULTS) / "analysis" / "memory"
 OUT.mkdir(parents=True, exist_ok=True)
 df = with_labels(load(RESULTS))
 ok = df[df.status == "ok"].copy() if not df.empty else df
-dry = keep(ok, ok["mode"] == "dryrun", "not dryrun (the categories below are dryrun's)") if not ok.empty else ok
+dry = (
+    keep(ok, ok["mode"] == "dryrun", "not dryrun (the categories below are dryrun's)") if not ok.empty else ok
+)
 print(f"{len(df)} rows under {RESULTS}, {len(dry)} ok dryrun rows; outputs in {OUT}")
 pd.set_option("display.width", 200)
 pd.set_option("display.float_format", "{:.4g}".format)
-GiB = 2.0 ** 30
+GiB = 2.0**30
 CATEGORIES = ["param", "input", "act", "grad"]
 
 
@@ -67,24 +71,36 @@ if dry.empty:
     print("missing: no dryrun rows")
     memory = pd.DataFrame()
 else:
-    memory = pd.DataFrame({"method": dry.label, "model": dry.model, "layers": dry.layers, "world_size": dry.world_size,
-                           "tokens": dry.tokens.astype(int), "peak_GiB": dry.peak_mem_bytes / GiB})
+    memory = pd.DataFrame(
+        {
+            "method": dry.label,
+            "model": dry.model,
+            "layers": dry.layers,
+            "world_size": dry.world_size,
+            "tokens": dry.tokens.astype(int),
+            "peak_GiB": dry.peak_mem_bytes / GiB,
+        }
+    )
     for c in CATEGORIES:
         memory[f"peak_{c}_GiB"] = [d[c] / GiB for d in dry.peak_mem_detail]
     memory["fwd_end_act_GiB"] = [d["act"] / GiB for d in dry.mem_fwd_end_detail]
     theory = dry.get("theory_mem_bytes", pd.Series(None, index=dry.index))
     memory["theory_GiB"] = theory.astype(float) / GiB
-    memory["theory_act_GiB"] = [d["act"] / GiB if isinstance(d, dict) else None
-                                for d in dry.get("theory_mem_detail", pd.Series(None, index=dry.index))]
+    memory["theory_act_GiB"] = [
+        d["act"] / GiB if isinstance(d, dict) else None
+        for d in dry.get("theory_mem_detail", pd.Series(None, index=dry.index))
+    ]
     memory = memory.sort_values(["model", "layers", "method", "world_size", "tokens"]).reset_index(drop=True)
     memory.to_csv(OUT / "memory.csv", index=False)
     print(memory.to_string(index=False))
     if memory.theory_GiB.isna().all():
         print("\nmissing: no row has a memory model (theory_mem_bytes is None everywhere)")
     else:
-        print(f"\nmodel total / dryrun peak: {(memory.theory_GiB / memory.peak_GiB).describe()[['min', 'max']].to_dict()}"
-              " (the model's total adds the four categories; the peak frees activations as gradients appear"
-              " but adds backward transients, so it falls on either side)")
+        print(
+            f"\nmodel total / dryrun peak: {(memory.theory_GiB / memory.peak_GiB).describe()[['min', 'max']].to_dict()}"
+            " (the model's total adds the four categories; the peak frees activations as gradients appear"
+            " but adds backward transients, so it falls on either side)"
+        )
 
 # %% [markdown]
 # The report's memory figure on these rows: a panel per model, layer count and hardware profile (the
@@ -99,7 +115,11 @@ if not dry.empty:
 # The papers' sections compare one layer:
 
 # %%
-dry = keep(dry, dry.layers == 1, "the papers state memory per layer (model.layers=1 rows only)") if not dry.empty else dry
+dry = (
+    keep(dry, dry.layers == 1, "the papers state memory per layer (model.layers=1 rows only)")
+    if not dry.empty
+    else dry
+)
 
 # %% [markdown]
 # ## 2. Odysseus README memory columns (Llama2-7B, N = 8)
@@ -111,8 +131,12 @@ dry = keep(dry, dry.layers == 1, "the papers state memory per layer (model.layer
 # %%
 single = dry[dry.world_size == 1] if not dry.empty else dry
 readme = reference.load("odysseus_readme_cost").set_index("method")
-ODYSSEUS = {("tp_sp", False): "TP-SP", ("ulysses", True): "Ulysses+ZeRO3", ("ring", True): "Ring+ZeRO3",
-            ("odysseus", False): "Odysseus+ZeRO3"}
+ODYSSEUS = {
+    ("tp_sp", False): "TP-SP",
+    ("ulysses", True): "Ulysses+ZeRO3",
+    ("ring", True): "Ring+ZeRO3",
+    ("odysseus", False): "Odysseus+ZeRO3",
+}
 
 
 def fractions(rows: pd.DataFrame) -> pd.DataFrame:
@@ -124,10 +148,18 @@ def fractions(rows: pd.DataFrame) -> pd.DataFrame:
             print(f"missing: world-size-1 row for {r.model} L={r.seq_len}")
             continue
         b = base.iloc[0]
-        out.append({"method": r.method, "config": r.label, "model": r.model, "seq_len": r.seq_len, "N": r.world_size,
-                    "act_fraction": r.mem_fwd_end_detail["act"] / b.mem_fwd_end_detail["act"],
-                    "param_fraction": r.peak_mem_detail["param"] / b.peak_mem_detail["param"],
-                    "row": r})
+        out.append(
+            {
+                "method": r.method,
+                "config": r.label,
+                "model": r.model,
+                "seq_len": r.seq_len,
+                "N": r.world_size,
+                "act_fraction": r.mem_fwd_end_detail["act"] / b.mem_fwd_end_detail["act"],
+                "param_fraction": r.peak_mem_detail["param"] / b.peak_mem_detail["param"],
+                "row": r,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -139,8 +171,13 @@ else:
     names = [ODYSSEUS.get((r.method, r.zero3)) for r in odysseus.pop("row")]
     odysseus["readme_method"] = names
     odysseus = odysseus.dropna(subset=["readme_method"])
-    for col, expr in [("readme_act_fraction", "mem_activation_expr"), ("readme_param_fraction", "mem_param_grad_expr")]:
-        odysseus[col] = [reference.evaluate(readme.loc[m, expr], N=n) for m, n in zip(odysseus.readme_method, odysseus.N)]
+    for col, expr in [
+        ("readme_act_fraction", "mem_activation_expr"),
+        ("readme_param_fraction", "mem_param_grad_expr"),
+    ]:
+        odysseus[col] = [
+            reference.evaluate(readme.loc[m, expr], N=n) for m, n in zip(odysseus.readme_method, odysseus.N)
+        ]
     odysseus.to_csv(OUT / "odysseus_memory.csv", index=False)
     print(odysseus.to_string(index=False))
 
@@ -164,13 +201,25 @@ rows = rows[rows.workload == "llm"] if not rows.empty else rows
 mega = []
 for _, r in rows.iterrows():
     sym = {"s": r.seq_len, "b": r.batch_size, "h": r.hidden, "a": r.heads, "t": r.world_size}
-    wanted = (["no parallelism"] if r.world_size == 1 else
-              ["tensor + sequence parallel", "tensor + sequence parallel + selective recomputation"])
+    wanted = (
+        ["no parallelism"]
+        if r.world_size == 1
+        else ["tensor + sequence parallel", "tensor + sequence parallel + selective recomputation"]
+    )
     for _, f in megatron[megatron.configuration.isin(wanted)].iterrows():
         published = reference.evaluate(f.memory_expr, **sym)
-        mega.append({"model": r.model, "seq_len": r.seq_len, "t": r.world_size, "ours_act_GiB": r.mem_fwd_end_detail["act"] / GiB,
-                     "megatron_row": f.configuration, "formula": f.memory_formula, "published_GiB": published / GiB,
-                     "ours_over_published": r.mem_fwd_end_detail["act"] / published})
+        mega.append(
+            {
+                "model": r.model,
+                "seq_len": r.seq_len,
+                "t": r.world_size,
+                "ours_act_GiB": r.mem_fwd_end_detail["act"] / GiB,
+                "megatron_row": f.configuration,
+                "formula": f.memory_formula,
+                "published_GiB": published / GiB,
+                "ours_over_published": r.mem_fwd_end_detail["act"] / published,
+            }
+        )
 mega = pd.DataFrame(mega)
 if mega.empty:
     print("missing: no tp_sp or world-size-1 dryrun rows")
@@ -194,7 +243,11 @@ else:
 # %%
 USP = {"ulysses": "SP-Ulysses", "ring": "SP-Ring", "usp": "SP-Unified+ZeRO1", "tp_sp": "TP-sp"}
 usp_ref = reference.load("usp_table2_cost").set_index("method")
-rows = dry[(dry.model == "llama3_8b") & (dry.world_size > 1) & dry.method.isin(list(USP)) & ~dry.zero3] if not dry.empty else dry
+rows = (
+    dry[(dry.model == "llama3_8b") & (dry.world_size > 1) & dry.method.isin(list(USP)) & ~dry.zero3]
+    if not dry.empty
+    else dry
+)
 usp = fractions(rows)
 if usp.empty:
     print("missing: no Llama3-8B dryrun rows with a world-size-1 row beside them")
@@ -202,7 +255,9 @@ else:
     usp = usp.drop(columns="row").sort_values(["method", "seq_len"]).reset_index(drop=True)
     usp["usp_row"] = usp.method.map(USP)
     usp["usp_param_grad"] = usp.usp_row.map(usp_ref.mem_param_grad_formula)
-    usp["usp_act_fraction"] = [reference.evaluate(usp_ref.loc[m, "mem_activation_expr"], A=1, N=n)
-                               for m, n in zip(usp.usp_row, usp.N)]
+    usp["usp_act_fraction"] = [
+        reference.evaluate(usp_ref.loc[m, "mem_activation_expr"], A=1, N=n)
+        for m, n in zip(usp.usp_row, usp.N)
+    ]
     usp.to_csv(OUT / "usp_memory.csv", index=False)
     print(usp.to_string(index=False))

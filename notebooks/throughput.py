@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -63,8 +65,10 @@ pd.set_option("display.float_format", "{:.4g}".format)
 
 
 def device(row: pd.Series) -> str:
-    return (f"{row['mode']}: {row.device_name}, {row.model} ({row.layers} layers), {row.world_size} ranks"
-            f" ({row.hardware} profile)")
+    return (
+        f"{row['mode']}: {row.device_name}, {row.model} ({row.layers} layers), {row.world_size} ranks"
+        f" ({row.hardware} profile)"
+    )
 
 
 # %% [markdown]
@@ -75,8 +79,22 @@ if timed.empty:
     print("missing: no timed (real or emulate) rows")
     throughput = pd.DataFrame()
 else:
-    cols = ["mode", "label", "model", "layers", "world_size", "tokens", "step_time_ms", "tokens_per_s", "mfu", "mfu_dense",
-            "compute_time_ms", "projected_comm_ms", "tokens_per_s_overlap", "tokens_per_s_compute"]
+    cols = [
+        "mode",
+        "label",
+        "model",
+        "layers",
+        "world_size",
+        "tokens",
+        "step_time_ms",
+        "tokens_per_s",
+        "mfu",
+        "mfu_dense",
+        "compute_time_ms",
+        "projected_comm_ms",
+        "tokens_per_s_overlap",
+        "tokens_per_s_compute",
+    ]
     throughput = timed.reindex(columns=cols).sort_values(["mode", "model", "layers", "label", "tokens"])
     throughput = throughput.reset_index(drop=True)
     # the effective/dense FLOP ratio is the same for every method at one L: the conventions differ only in scale
@@ -87,12 +105,32 @@ else:
 # %%
 if not throughput.empty:
     timed = timed.assign(device=timed.apply(device, axis=1))
-    long = pd.concat([timed.assign(time=q, rate=timed[c]) for q, c in
-                      [("compute + comm", "tokens_per_s"), ("perfect overlap", "tokens_per_s_overlap"),
-                       ("compute only", "tokens_per_s_compute")] if c in timed])
+    long = pd.concat(
+        [
+            timed.assign(time=q, rate=timed[c])
+            for q, c in [
+                ("compute + comm", "tokens_per_s"),
+                ("perfect overlap", "tokens_per_s_overlap"),
+                ("compute only", "tokens_per_s_compute"),
+            ]
+            if c in timed
+        ]
+    )
     long = long[long.rate.notna()].rename(columns={"rate": "tokens/s", "label": "config"})
-    g = sns.relplot(data=long, x="tokens", y="tokens/s", hue="config", style="time", col="device", col_wrap=2,
-                    kind="line", marker="o", height=3.2, aspect=1.5, facet_kws={"sharex": False, "sharey": False})
+    g = sns.relplot(
+        data=long,
+        x="tokens",
+        y="tokens/s",
+        hue="config",
+        style="time",
+        col="device",
+        col_wrap=2,
+        kind="line",
+        marker="o",
+        height=3.2,
+        aspect=1.5,
+        facet_kws={"sharex": False, "sharey": False},
+    )
     for panel, ax in g.axes_dict.items():
         token_axis(ax, long[long.device == panel].tokens)
         ax.set_ylim(bottom=0)
@@ -114,11 +152,26 @@ if dry.empty:
     print("missing: no dryrun rows")
 else:
     # one panel per model, depth and hardware profile: two profiles' times never share an axis
-    dry = dry.assign(panel=dry.model + ", " + dry.layers.astype(str) + " layer(s), " + dry.hardware + " profile",
-                     config=dry.label + " N=" + dry.world_size.astype(str))
-    print(dry.pivot_table(index=["panel", "config"], columns="tokens", values="projected_comm_ms").to_string())
-    g = sns.relplot(data=dry, x="tokens", y="projected_comm_ms", hue="config", col="panel", col_wrap=2, kind="line",
-                    marker="o", height=3.2, aspect=1.5, facet_kws={"sharex": False, "sharey": False})
+    dry = dry.assign(
+        panel=dry.model + ", " + dry.layers.astype(str) + " layer(s), " + dry.hardware + " profile",
+        config=dry.label + " N=" + dry.world_size.astype(str),
+    )
+    print(
+        dry.pivot_table(index=["panel", "config"], columns="tokens", values="projected_comm_ms").to_string()
+    )
+    g = sns.relplot(
+        data=dry,
+        x="tokens",
+        y="projected_comm_ms",
+        hue="config",
+        col="panel",
+        col_wrap=2,
+        kind="line",
+        marker="o",
+        height=3.2,
+        aspect=1.5,
+        facet_kws={"sharex": False, "sharey": False},
+    )
     g.set(ylabel="projected comm per rank (ms)")
     for panel, ax in g.axes_dict.items():
         token_axis(ax, dry[dry.panel == panel].tokens)
@@ -159,16 +212,36 @@ else:
 # %%
 usp = reference.load("usp_table6_megatron")
 usp = usp[(usp.metric == "mfu") & (usp.tp_degree == 1) & ~usp.oom]
-usp = usp.assign(config="ulysses " + usp.ulysses_degree.astype(str) + " x ring " + usp.ring_degree.astype(str))
+usp = usp.assign(
+    config="ulysses " + usp.ulysses_degree.astype(str) + " x ring " + usp.ring_degree.astype(str)
+)
 print(usp.pivot_table(index="config", columns="seq_len_tokens", values="value").to_string())
-fig_rows = [usp.assign(panel="USP Table 6: 16x A800 (published)", x=usp.seq_len_tokens, y=usp.value, hue=usp.config)]
-on_gpu = keep(timed, column(timed, "cuda_version").notna(), "not run on a GPU (MFU against a nominal CPU peak)")
+fig_rows = [
+    usp.assign(panel="USP Table 6: 16x A800 (published)", x=usp.seq_len_tokens, y=usp.value, hue=usp.config)
+]
+on_gpu = keep(
+    timed, column(timed, "cuda_version").notna(), "not run on a GPU (MFU against a nominal CPU peak)"
+)
 if not on_gpu.empty:
-    fig_rows.append(on_gpu.assign(panel=on_gpu.apply(device, axis=1) + " (ours)", x=on_gpu.tokens, y=on_gpu.mfu,
-                                  hue=on_gpu.label))
+    fig_rows.append(
+        on_gpu.assign(
+            panel=on_gpu.apply(device, axis=1) + " (ours)", x=on_gpu.tokens, y=on_gpu.mfu, hue=on_gpu.label
+        )
+    )
 mfu_plot = pd.concat(fig_rows)[["panel", "x", "y", "hue"]]
-g = sns.relplot(data=mfu_plot, x="x", y="y", hue="hue", col="panel", col_wrap=2, kind="line", marker="o", height=3.2,
-                aspect=1.5, facet_kws={"sharex": False, "sharey": False})
+g = sns.relplot(
+    data=mfu_plot,
+    x="x",
+    y="y",
+    hue="hue",
+    col="panel",
+    col_wrap=2,
+    kind="line",
+    marker="o",
+    height=3.2,
+    aspect=1.5,
+    facet_kws={"sharex": False, "sharey": False},
+)
 g.set(ylabel="MFU (causal-effective)")
 g.set_titles("{col_name}")
 g.legend.set_title("configuration (ours) / degrees (USP)")

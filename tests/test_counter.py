@@ -1,4 +1,5 @@
 """The communication counter: every collective kind, FSDP2's own collectives, phase attribution."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,15 +32,21 @@ def _collectives() -> dict:
     count("broadcast", lambda: dist.broadcast(x.clone(), 0))
 
     def p2p():
-        ops = [dist.P2POp(dist.isend, x, (rank + 1) % n), dist.P2POp(dist.irecv, torch.empty_like(x), (rank - 1) % n)]
+        ops = [
+            dist.P2POp(dist.isend, x, (rank + 1) % n),
+            dist.P2POp(dist.irecv, torch.empty_like(x), (rank - 1) % n),
+        ]
         for req in dist.batch_isend_irecv(ops):
             req.wait()
+
     count("send_recv", p2p)
 
     def functional():
         import torch.distributed._functional_collectives as fc
+
         fc.all_reduce(x, "sum", dist.group.WORLD).wait()
         fc.all_gather_tensor(x, 0, dist.group.WORLD).wait()
+
     count("functional", functional)
 
     def phases():  # g: all-gather forward, reduce-scatter backward
@@ -49,10 +56,12 @@ def _collectives() -> dict:
             c.phase = "bwd"
             y.sum().backward()
         return c.cost().as_dict(), c.calls()
+
     counted["phases"] = phases()
 
     def fsdp():
         from torch.distributed.fsdp import fully_shard
+
         torch.manual_seed(0)
         lin = nn.Linear(8, 8, bias=False)
         fully_shard(lin, reshard_after_forward=True)
@@ -61,6 +70,7 @@ def _collectives() -> dict:
             c.phase = "bwd"
             y.sum().backward()
         return c.cost().as_dict(), c.calls()
+
     counted["fsdp"] = fsdp()
     return counted
 
@@ -102,4 +112,7 @@ def test_fsdp2_collectives_are_counted(counted):
     cost, calls = counted[0]["fsdp"]
     weight = 8 * 8 * 4  # float32 parameter, gathered whole, gradient reduce-scattered whole
     assert calls == {"fwd": {"all_gather": 1}, "bwd": {"all_gather": 1, "reduce_scatter": 1}}
-    assert cost == {"fwd": {"all_gather": weight // 2}, "bwd": {"all_gather": weight // 2, "reduce_scatter": weight // 2}}
+    assert cost == {
+        "fwd": {"all_gather": weight // 2},
+        "bwd": {"all_gather": weight // 2, "reduce_scatter": weight // 2},
+    }

@@ -71,7 +71,6 @@ CASES["dsp-N4-T3-fewer-frames-than-ranks"] = video("dsp", 4, frames=3, batch=1)
 CASES["dsp-N4-S6-padded-spatial"] = video("dsp", 4, frames=5, spatial=6)
 
 
-
 @pytest.fixture(scope="module")
 def outcomes() -> Launches:
     return Launches(CASES)
@@ -124,7 +123,8 @@ def test_refused_video_configurations():
 
 
 @pytest.mark.parametrize(
-    ("method", "option"), [("ring", {"zero3": True}), ("ring", {"layout": "stripe"}), ("ulysses", {"zero3": True})]
+    ("method", "option"),
+    [("ring", {"zero3": True}), ("ring", {"layout": "stripe"}), ("ulysses", {"zero3": True})],
 )
 def test_video_variants_refuse_the_llm_options_they_do_not_use(method, option):
     p = video(method, 2, **option)

@@ -11,6 +11,7 @@ peer: rank 0: ... Timed out waiting ..." (no hung rank named). Now the launch re
 file (and the stack each stopped rank wrote) before its log dir can go, and the classifier orders them
 in time and prefers a root cause over connection losses and timeouts.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
-
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from harness.launch import STACK_FILE, _every_rank_failure
@@ -37,13 +37,18 @@ WORLD = 3
 RANKS, STEPS, KINDS = (0, WORLD - 1), (0, 2), ("oom", "crash", "hang", "nan")
 POINTS = {f"{kind}_r{rank}_s{step}": (kind, rank, step) for kind in KINDS for rank in RANKS for step in STEPS}
 GROUPS = 2  # multiruns at once (the test machine has 2 cores)
-HANG_TIMEOUT_S = 40  # the peers give up at 0.75 x this (30 s); the rest is slack for the launch before the watchdog
+HANG_TIMEOUT_S = (
+    40  # the peers give up at 0.75 x this (30 s); the rest is slack for the launch before the watchdog
+)
 
 
 def expected(kind: str, rank: int, step: int) -> tuple[str, str]:
     """(status, words of the reason) for a fault."""
     return {
-        "oom": ("oom", f"rank {rank}: out of memory: OutOfMemoryError: injected out of memory on rank {rank} at step {step}"),
+        "oom": (
+            "oom",
+            f"rank {rank}: out of memory: OutOfMemoryError: injected out of memory on rank {rank} at step {step}",
+        ),
         "crash": ("error", f"rank {rank} failed: RuntimeError: injected crash on rank {rank} at step {step}"),
         "hang": ("timeout", f"rank {rank} stopped responding"),
         "nan": ("error", f"non-finite output on rank {rank} at step {step}"),
@@ -56,9 +61,13 @@ def matrix(tmp_path_factory):
     (tmp / "conf" / "point").mkdir(parents=True)
     for name, (kind, rank, step) in POINTS.items():
         # a point's own keys lose to the command line's: the timeout is set here, per point
-        point = {"fault": {"kind": kind, "rank": rank, "step": step},
-                 "bench": {"timeout_s": HANG_TIMEOUT_S if kind == "hang" else 60}}
-        (tmp / "conf" / "point" / f"{name}.yaml").write_text("# @package _global_\n" + OmegaConf.to_yaml(point))
+        point = {
+            "fault": {"kind": kind, "rank": rank, "step": step},
+            "bench": {"timeout_s": HANG_TIMEOUT_S if kind == "hang" else 60},
+        }
+        (tmp / "conf" / "point" / f"{name}.yaml").write_text(
+            "# @package _global_\n" + OmegaConf.to_yaml(point)
+        )
     # A hang point spends most of its time waiting for the peers' collective timeout: the points run
     # in GROUPS multiruns at once, each with the same share of hangs, a hang after the group's first
     # launch (which starts the forkserver, seconds of the hang's slack before the watchdog otherwise).
@@ -71,10 +80,26 @@ def matrix(tmp_path_factory):
     t0 = time.monotonic()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "harness.run", "-m", f"+point={','.join(group)}", f"world_size={WORLD}",
-             "method=ring", "workload.seq_len=24", "bench.warmup=1", "bench.iters=2",
-             f"hydra.searchpath=[file://{tmp / 'conf'}]", f"hydra.sweep.dir={sweep_dir / str(i)}"],
-            cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            [
+                sys.executable,
+                "-m",
+                "harness.run",
+                "-m",
+                f"+point={','.join(group)}",
+                f"world_size={WORLD}",
+                "method=ring",
+                "workload.seq_len=24",
+                "bench.warmup=1",
+                "bench.iters=2",
+                f"hydra.searchpath=[file://{tmp / 'conf'}]",
+                f"hydra.sweep.dir={sweep_dir / str(i)}",
+            ],
+            cwd=tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for i, group in enumerate(groups)
     ]
     try:
@@ -83,8 +108,12 @@ def matrix(tmp_path_factory):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    return {"results": results, "seconds": time.monotonic() - t0, "rows": load(sweep_dir),
-            "leftovers": (rank_processes(str(tmp)), set((tmp / "tmp").glob("spbench-launch-*")))}
+    return {
+        "results": results,
+        "seconds": time.monotonic() - t0,
+        "rows": load(sweep_dir),
+        "leftovers": (rank_processes(str(tmp)), set((tmp / "tmp").glob("spbench-launch-*"))),
+    }
 
 
 def test_every_fault_names_its_rank_and_its_own_message(matrix):
@@ -111,38 +140,58 @@ def test_no_rank_process_or_temporary_directory_is_left(matrix):
 
 def _error_file(path: Path, message: str, mtime: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": "0"}}}))
+    path.write_text(
+        json.dumps(
+            {"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": "0"}}}
+        )
+    )
     os.utime(path, (mtime, mtime))
 
 
 def _stack(path: Path, file: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"main thread 0x{1:016x}\nThread 0x{2:016x} (most recent call first):\n  File \"/x/threading.py\", line 1 in run\n\n"
-                    f"Current thread 0x{1:016x} (most recent call first):\n  File \"{file}\", line 1 in f\n")
+    path.write_text(
+        f'main thread 0x{1:016x}\nThread 0x{2:016x} (most recent call first):\n  File "/x/threading.py", line 1 in run\n\n'
+        f'Current thread 0x{1:016x} (most recent call first):\n  File "{file}", line 1 in f\n'
+    )
 
 
 def test_the_cause_is_read_from_every_rank_s_error_file(tmp_path):
     """Synthetic launch (fast): the agent reported only rank 0's echo; rank 2's own crash is in its
     error file, written first. Before: "rank 0 failed: RuntimeError: ... Connection closed by peer"."""
     run = tmp_path / "run"
-    _error_file(run / "attempt_0" / "2" / "error.json", "RuntimeError: injected crash on rank 2 at step 2", 1000)
-    _error_file(run / "attempt_0" / "0" / "error.json", "RuntimeError: [pair.cc:553] Connection closed by peer", 1001)
-    _error_file(run / "attempt_0" / "1" / "error.json", "RuntimeError: [pair.cc:553] Connection closed by peer", 1002)
-    err = ChildFailedError("entry", {0: ProcessFailure(0, 10, 1, str(run / "attempt_0" / "0" / "error.json"))})
+    _error_file(
+        run / "attempt_0" / "2" / "error.json", "RuntimeError: injected crash on rank 2 at step 2", 1000
+    )
+    _error_file(
+        run / "attempt_0" / "0" / "error.json", "RuntimeError: [pair.cc:553] Connection closed by peer", 1001
+    )
+    _error_file(
+        run / "attempt_0" / "1" / "error.json", "RuntimeError: [pair.cc:553] Connection closed by peer", 1002
+    )
+    err = ChildFailedError(
+        "entry", {0: ProcessFailure(0, 10, 1, str(run / "attempt_0" / "0" / "error.json"))}
+    )
     _every_rank_failure(err, SimpleNamespace(_run_log_dir=str(run)))
     assert sorted(err.failures) == [0, 1, 2]
     status, reason = classify_failure(err)
-    assert status == "error" and reason.startswith("rank 2 failed: RuntimeError: injected crash on rank 2"), reason
+    assert status == "error" and reason.startswith("rank 2 failed: RuntimeError: injected crash on rank 2"), (
+        reason
+    )
 
 
 def test_a_hang_names_the_rank_not_waiting_in_communication(tmp_path):
     """Synthetic launch: ranks 0 timed out, ranks 1 and 2 were stopped by the agent; rank 1's stack is in
     torch.distributed (waiting), rank 2's elsewhere (hung)."""
     run = tmp_path / "run"
-    _error_file(run / "attempt_0" / "0" / "error.json", "RuntimeError: Timed out waiting 18000ms for recv", 1000)
+    _error_file(
+        run / "attempt_0" / "0" / "error.json", "RuntimeError: Timed out waiting 18000ms for recv", 1000
+    )
     _stack(run / "attempt_0" / "1" / STACK_FILE, "/x/torch/distributed/distributed_c10d.py")
     _stack(run / "attempt_0" / "2" / STACK_FILE, str(REPO / "harness" / "worker.py"))
-    err = ChildFailedError("entry", {0: ProcessFailure(0, 10, 1, str(run / "attempt_0" / "0" / "error.json"))})
+    err = ChildFailedError(
+        "entry", {0: ProcessFailure(0, 10, 1, str(run / "attempt_0" / "0" / "error.json"))}
+    )
     _every_rank_failure(err, SimpleNamespace(_run_log_dir=str(run)))
     status, reason = classify_failure(err)
     assert status == "timeout" and reason.startswith("rank 2 stopped responding"), reason

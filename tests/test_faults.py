@@ -2,6 +2,7 @@
 rows with the right statuses, leaves no rank process or temporary directory behind, and a second run
 reruns only the 3 failed points. Every kind of fault (out of memory, crash, hang, non-finite values)
 on the first and the last rank is in tests/test_fault_matrix.py."""
+
 from __future__ import annotations
 
 import subprocess
@@ -23,7 +24,11 @@ POINTS = {  # name -> (config of the point, expected status, expected words in t
     "ok_tp_sp": ({"defaults": [{"override /method": "tp_sp"}]}, "ok", None),
     "invalid_heads": ({"world_size": 3}, "invalid", "heads=8 is not divisible by the Ulysses degree 3"),
     "invalid_seq_len": ({"workload": {"seq_len": 31}}, "invalid", "seq_len 31 is not divisible by 2"),
-    "crash": ({"fault": {"kind": "crash", "rank": 0, "step": 1}}, "error", "rank 0 failed: RuntimeError: injected crash"),
+    "crash": (
+        {"fault": {"kind": "crash", "rank": 0, "step": 1}},
+        "error",
+        "rank 0 failed: RuntimeError: injected crash",
+    ),
 }
 BASE = {"world_size": 2, "workload": {"seq_len": 32}}
 
@@ -32,9 +37,24 @@ def _sweep(tmp: Path, sweep_dir: Path) -> subprocess.CompletedProcess:
     names = ",".join(POINTS)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), MARK: str(tmp), "TMPDIR": str(tmp / "tmp")}
     return subprocess.run(
-        [sys.executable, "-m", "harness.run", "-m", f"+point={names}", "bench.warmup=0", "bench.iters=2", "bench.timeout_s=20", f"hydra.searchpath=[file://{tmp / 'conf'}]",
-         f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp, capture_output=True, text=True, timeout=600, env=env)
+        [
+            sys.executable,
+            "-m",
+            "harness.run",
+            "-m",
+            f"+point={names}",
+            "bench.warmup=0",
+            "bench.iters=2",
+            "bench.timeout_s=20",
+            f"hydra.searchpath=[file://{tmp / 'conf'}]",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +63,9 @@ def sweeps(tmp_path_factory):
     (tmp / "conf" / "point").mkdir(parents=True)
     for name, (point, _, _) in POINTS.items():
         config = OmegaConf.merge(BASE, point)
-        (tmp / "conf" / "point" / f"{name}.yaml").write_text("# @package _global_\n" + OmegaConf.to_yaml(config))
+        (tmp / "conf" / "point" / f"{name}.yaml").write_text(
+            "# @package _global_\n" + OmegaConf.to_yaml(config)
+        )
     sweep_dir = tmp / "sweep"
     (tmp / "tmp").mkdir()  # the sweeps' temporary directory: other runs on the machine have their own
     t0 = time.monotonic()
@@ -52,8 +74,14 @@ def sweeps(tmp_path_factory):
     rows_first = load(sweep_dir)
     leftovers = rank_processes(str(tmp)), set((tmp / "tmp").glob("spbench-launch-*"))
     second = _sweep(tmp, sweep_dir)
-    return {"first": first, "first_s": first_s, "rows_first": rows_first, "leftovers": leftovers,
-            "second": second, "rows_second": load(sweep_dir)}
+    return {
+        "first": first,
+        "first_s": first_s,
+        "rows_first": rows_first,
+        "leftovers": leftovers,
+        "second": second,
+        "rows_second": load(sweep_dir),
+    }
 
 
 def _by_point(df):

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh --cpu: the device check's every step at CPU sizes, so the script that a lent
 GPU runs once cannot rot. One run (about a minute on an idle 2-core box) checks what it wrote."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,18 @@ import pytest
 import harness.methods
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ["versions", "kernels", "blocks", "micro", "emulate_llm_32k", "emulate_llm_128k", "emulate_video",
-         "emulate_linear", "real", "summary"]
+STEPS = [
+    "versions",
+    "kernels",
+    "blocks",
+    "micro",
+    "emulate_llm_32k",
+    "emulate_llm_128k",
+    "emulate_video",
+    "emulate_linear",
+    "real",
+    "summary",
+]
 
 
 def rows(path: Path) -> list[dict]:
@@ -27,8 +38,14 @@ def rows(path: Path) -> list[dict]:
 def check(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("gpu_check")
     env = {**os.environ, "PYTHON": sys.executable}
-    res = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu", "--out", str(out)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--cpu", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return res, out
 
 
@@ -63,14 +80,24 @@ def test_kernel_and_block_errors_within_tolerance(check):
     _, out = check
     kernels = rows(out / "kernels.csv")
     assert {r["kernel"] for r in kernels} >= {"math", "cpu_flash"}
-    assert {r["head_dim"] for r in kernels} == {"64", "72", "128"} and {r["causal"] for r in kernels} == {"True", "False"}
+    assert {r["head_dim"] for r in kernels} == {"64", "72", "128"} and {r["causal"] for r in kernels} == {
+        "True",
+        "False",
+    }
     for r in kernels + rows(out / "blocks.csv"):
         tol, lse_tol = float(r["tol"]), float(r["lse_tol"])
         assert r["ok"] == "True" and not r["error"], r
-        assert float(r["lse_abs_err"]) <= lse_tol and all(float(r[f"{t}_rel_err"]) <= tol for t in ("out", "dq", "dk", "dv")), r
+        assert float(r["lse_abs_err"]) <= lse_tol and all(
+            float(r[f"{t}_rel_err"]) <= tol for t in ("out", "dq", "dk", "dv")
+        ), r
     blocks = rows(out / "blocks.csv")
     assert {(r["method"], r["layout"]) for r in blocks} == {
-        ("ring", "basic"), ("ring", "zigzag"), ("ring", "stripe"), ("allgather_cp", "zigzag"), ("allgather_cp", "contiguous")}
+        ("ring", "basic"),
+        ("ring", "zigzag"),
+        ("ring", "stripe"),
+        ("allgather_cp", "zigzag"),
+        ("allgather_cp", "contiguous"),
+    }
     timing = rows(out / "kernel_timing.csv")
     assert all(float(r["fwd_bwd_tflops"]) > 0 for r in timing), timing
 
@@ -84,10 +111,15 @@ def test_emulate_rows_are_ok_and_count_the_theory(check):
     parts = {part: _job_rows(out / "emulate" / part) for part in ("llm_32k", "llm_128k", "video", "linear")}
     assert sorted(r["method"] for r in parts["llm_32k"]) == harness.methods.for_workload("llm", "llama")
     assert sorted(r["method"] for r in parts["llm_128k"]) == ["ring", "ulysses"]
-    assert [r["method"] for r in parts["video"]] == ["dsp"] and [r["method"] for r in parts["linear"]] == ["lasp2"]
+    assert [r["method"] for r in parts["video"]] == ["dsp"] and [r["method"] for r in parts["linear"]] == [
+        "lasp2"
+    ]
     for row in sum(parts.values(), []):
         assert row["status"] == "ok" and row["mode"] == "emulate", (row["method"], row["error"])
-        assert row["comm_bytes_fwd"] == row["theory_comm_bytes_fwd"] and row["comm_bytes_bwd"] == row["theory_comm_bytes_bwd"]
+        assert (
+            row["comm_bytes_fwd"] == row["theory_comm_bytes_fwd"]
+            and row["comm_bytes_bwd"] == row["theory_comm_bytes_bwd"]
+        )
         assert row["comm_detail"] == row["theory_comm_detail"]
         assert row["compute_time_ms"] > 0 and row["mfu_compute"] > 0
     assert next(r for r in parts["llm_128k"] if r["method"] == "ring")["ring_layout"] == "zigzag"
@@ -97,7 +129,11 @@ def test_real_verify_rows_are_exact(check):
     _, out = check
     real = _job_rows(out / "real")
     assert sorted((r["method"], r["zero3"]) for r in real) == [
-        ("odysseus", False), ("ring", False), ("ulysses", False), ("ulysses", True)]
+        ("odysseus", False),
+        ("ring", False),
+        ("ulysses", False),
+        ("ulysses", True),
+    ]
     for row in real:
         assert row["status"] == "ok" and row["mode"] == "real" and row["backend"] == "gloo", row["error"]
         assert row["verify_out_rel_err"] <= 1e-4 and row["verify_grad_rel_err"] <= 1e-4, row

@@ -1,5 +1,6 @@
 """Single-process pieces every method stands on: the LSE attention kernels against the float64 math
 path (output, LSE and every gradient given the final out/LSE), the LSE merge, and the layouts."""
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,11 @@ Four = tuple[Tensor, Tensor, Tensor, Tensor]
 
 def _qkv(lq: int, lk: int, heads: int = 4, kv_heads: int = 2):
     gen = torch.Generator().manual_seed(0)
-    return (torch.randn(2, lq, heads, 8, generator=gen, dtype=torch.float64),
-            torch.randn(2, lk, kv_heads, 8, generator=gen, dtype=torch.float64),
-            torch.randn(2, lk, kv_heads, 8, generator=gen, dtype=torch.float64))
+    return (
+        torch.randn(2, lq, heads, 8, generator=gen, dtype=torch.float64),
+        torch.randn(2, lk, kv_heads, 8, generator=gen, dtype=torch.float64),
+        torch.randn(2, lk, kv_heads, 8, generator=gen, dtype=torch.float64),
+    )
 
 
 @pytest.mark.parametrize("causal,lq,lk", [(True, 12, 12), (False, 12, 12), (False, 5, 12)])
@@ -32,7 +35,9 @@ def test_cpu_flash_matches_math_forward_and_backward(causal, lq, lk):
     out, lse = flash_fwd(q, k, v, causal)
     assert torch.allclose(out, out_ref, atol=1e-12) and torch.allclose(lse, lse_ref, atol=1e-12)
     dout = torch.randn_like(out_ref)
-    for g, g_ref in zip(flash_bwd(dout, q, k, v, out, lse, causal), math_bwd(dout, q, k, v, out_ref, lse_ref, causal)):
+    for g, g_ref in zip(
+        flash_bwd(dout, q, k, v, out, lse, causal), math_bwd(dout, q, k, v, out_ref, lse_ref, causal)
+    ):
         assert g.shape == g_ref.shape and torch.allclose(g, g_ref, atol=1e-12)
 
 
@@ -73,12 +78,14 @@ def test_zigzag_gives_rank_r_chunks_r_and_2n_minus_1_minus_r():
 
 def test_backend_preference_and_what_cpu_offers():
     from methods.common.attention import PREFERENCE, available_backends
+
     assert PREFERENCE == ("flash_attn3", "flash_attn", "cudnn", "cuda_flash", "cuda_efficient", "math")
     assert available_backends(torch.device("cpu"), torch.bfloat16) == ["cpu_flash", "math"]
 
 
 def test_a_forced_backend_routes_every_call(monkeypatch):
     from methods.common import attention as A
+
     q, k, v = (torch.randn(1, 16, h, 8, dtype=torch.float64) for h in (4, 2, 2))
     calls = []
     monkeypatch.setitem(A.KERNELS, "math", (lambda *a: calls.append(1) or A._math_fwd(*a), A._math_bwd))
@@ -88,7 +95,9 @@ def test_a_forced_backend_routes_every_call(monkeypatch):
         A.attn_forward(q, k, v, True)
         assert calls == [1]
         A.use_backend("cudnn")
-        with pytest.raises(ValueError, match="'cudnn' cannot run torch.float64 on cpu; usable here: cpu_flash, math"):
+        with pytest.raises(
+            ValueError, match="'cudnn' cannot run torch.float64 on cpu; usable here: cpu_flash, math"
+        ):
             A.choose_backend(q)
         with pytest.raises(ValueError, match="unknown attention backend 'fa9'"):
             A.use_backend("fa9")
@@ -99,14 +108,22 @@ def test_a_forced_backend_routes_every_call(monkeypatch):
 
 def test_self_check_accepts_a_working_kernel_and_skips_a_broken_one(monkeypatch):
     from methods.common import attention as A
+
     cpu = torch.device("cpu")
     assert A._passes_self_check("cpu_flash", cpu, torch.float32, 64)
-    monkeypatch.setitem(A.KERNELS, "broken", (lambda q, k, v, c: (q * 0, torch.zeros(q.shape[0], q.shape[2], q.shape[1])),
-                                              A.KERNELS["math"][1]))
-    with pytest.warns(UserWarning, match="'broken' skipped on cpu torch.float32 head_dim=64: causal LSE differs"):
+    monkeypatch.setitem(
+        A.KERNELS,
+        "broken",
+        (lambda q, k, v, c: (q * 0, torch.zeros(q.shape[0], q.shape[2], q.shape[1])), A.KERNELS["math"][1]),
+    )
+    with pytest.warns(
+        UserWarning, match="'broken' skipped on cpu torch.float32 head_dim=64: causal LSE differs"
+    ):
         assert not A._passes_self_check("broken", cpu, torch.float32, 64)  # wrong numbers
     monkeypatch.setitem(A.KERNELS, "raises", (lambda *a: 1 / 0, None))
-    with pytest.warns(UserWarning, match="'raises' skipped on cpu torch.float32 head_dim=64: causal: ZeroDivisionError"):
+    with pytest.warns(
+        UserWarning, match="'raises' skipped on cpu torch.float32 head_dim=64: causal: ZeroDivisionError"
+    ):
         assert not A._passes_self_check("raises", cpu, torch.float32, 64)
 
 
@@ -125,7 +142,9 @@ def _shifted_causal(q, k, v, causal):
     non-square block, where math aligns top-left): every query sees one key too many."""
     if not causal:
         return KERNELS["math"][0](q, k, v, False)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.repeat_interleave(q.shape[2] // k.shape[2], 2).float())
+    scores = torch.einsum(
+        "bqhd,bkhd->bhqk", q.float(), k.repeat_interleave(q.shape[2] // k.shape[2], 2).float()
+    )
     scores = scores / math.sqrt(q.shape[-1])
     keep = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool).tril(diagonal=1)
     scores = scores.masked_fill(~keep, float("-inf"))
@@ -145,18 +164,22 @@ def _scaled_grads_wrong(dout, q, k, v, out, lse, causal):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("wrong,expect", [
-    ((_transposed_lse, None), "lse is"),
-    ((_permuted_lse, None), "LSE differs"),
-    ((_shifted_causal, None), "causal LSE differs"),
-    ((_unscaled, None), "LSE differs"),
-    ((None, _scaled_grads_wrong), "dq differs"),
-])
+@pytest.mark.parametrize(
+    "wrong,expect",
+    [
+        ((_transposed_lse, None), "lse is"),
+        ((_permuted_lse, None), "LSE differs"),
+        ((_shifted_causal, None), "causal LSE differs"),
+        ((_unscaled, None), "LSE differs"),
+        ((None, _scaled_grads_wrong), "dq differs"),
+    ],
+)
 def test_self_check_refuses_deliberately_wrong_kernels(wrong, expect, dtype):
     """Each defect a real release could have: the LSE in [B, L, H], LSE rows permuted in the right
     shape, causal alignment off by one (bottom-right vs top-left), the softmax scale dropped, a wrong
     gradient. Right kernels pass at the same dtype and at the jobs' head sizes."""
     from methods.common import attention as A
+
     fwd, bwd = wrong
     kernel = (fwd or KERNELS["math"][0], bwd or KERNELS["math"][1])
     reason = A.check_kernel(kernel, torch.device("cpu"), dtype, 64)
@@ -169,6 +192,7 @@ def test_self_check_runs_at_the_jobs_head_dim_and_dtype(monkeypatch):
     """The cache key holds the head size and dtype: a kernel that fails only at head_dim 72 is
     refused there and still used at 64."""
     from methods.common import attention as A
+
     math_fwd = KERNELS["math"][0]
 
     def fails_at_72(q, k, v, causal):
@@ -203,6 +227,7 @@ def test_self_check_synchronises_inside_its_guard(monkeypatch):
 
 def test_forcing_math_gives_cpu_flash_results_through_the_autograd_path():
     from methods.common import attention as A
+
     runs = {}
     for name in ("math", "auto"):
         q, k, v = (t.requires_grad_() for t in _qkv(12, 12))
@@ -221,6 +246,7 @@ def test_forcing_math_gives_cpu_flash_results_through_the_autograd_path():
 
 def test_backend_name_and_unknown_or_unusable_forced_names():
     from methods.common import attention as A
+
     cpu = torch.device("cpu")
     assert A.backend_name(cpu, torch.float32) == "cpu_flash"
     with pytest.raises(ValueError, match="choose auto or one of"):
@@ -237,6 +263,7 @@ def test_backend_name_and_unknown_or_unusable_forced_names():
 # ---- GPU kernels' plumbing, checked on CPU with stand-ins for the ops that compute with the math path.
 # They take arguments as the real ones do (positions from torch's schemas, flash-attn's names), so a
 # wrong position, a mislabelled flag or a wrongly shaped LSE shows up as wrong numbers or a failed assert.
+
 
 def _gqa_case(lq: int = 40):
     q, k, v = _qkv(lq, lq)
@@ -273,9 +300,30 @@ def test_cudnn_plumbing_lse_layout_and_dense_backward_arguments(monkeypatch):
         seed = torch.zeros((), dtype=torch.int64)
         return out, lse.unsqueeze(-1), None, None, q.shape[2], k.shape[2], seed, seed, None
 
-    def bwd(dout, q, k, v, out, lse, seed, offset, attn_bias, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal):
-        seen.update(lse=lse.shape, dense=(attn_bias, cum_seq_q, cum_seq_k) == (None, None, None), max=(max_q, max_k),
-                    seed=seed is not None and offset is not None, same_strides=dout.stride() == out.stride())
+    def bwd(
+        dout,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        seed,
+        offset,
+        attn_bias,
+        cum_seq_q,
+        cum_seq_k,
+        max_q,
+        max_k,
+        dropout_p,
+        is_causal,
+    ):
+        seen.update(
+            lse=lse.shape,
+            dense=(attn_bias, cum_seq_q, cum_seq_k) == (None, None, None),
+            max=(max_q, max_k),
+            seed=seed is not None and offset is not None,
+            same_strides=dout.stride() == out.stride(),
+        )
         return _bhld_math_bwd(dout, q, k, v, out, lse.squeeze(-1), is_causal)
 
     monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention", fwd)
@@ -293,9 +341,35 @@ def test_cudnn_lse_goes_back_in_the_rank_its_forward_gave(monkeypatch, keepdim):
     def fwd(q, k, v, attn_bias, compute_log_sumexp, dropout_p, is_causal):
         out, lse = _bhld_math(q, k, v, is_causal)
         seed = torch.zeros((), dtype=torch.int64)
-        return out, lse.unsqueeze(-1) if keepdim else lse, None, None, q.shape[2], k.shape[2], seed, seed, None
+        return (
+            out,
+            lse.unsqueeze(-1) if keepdim else lse,
+            None,
+            None,
+            q.shape[2],
+            k.shape[2],
+            seed,
+            seed,
+            None,
+        )
 
-    def bwd(dout, q, k, v, out, lse, seed, offset, attn_bias, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal):
+    def bwd(
+        dout,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        seed,
+        offset,
+        attn_bias,
+        cum_seq_q,
+        cum_seq_k,
+        max_q,
+        max_k,
+        dropout_p,
+        is_causal,
+    ):
         seen["lse"] = tuple(lse.shape)
         return _bhld_math_bwd(dout, q, k, v, out, lse.reshape(lse.shape[:3]), is_causal)
 
@@ -312,8 +386,12 @@ def test_cuda_flash_and_efficient_plumbing(monkeypatch):
         out, lse = _bhld_math(q, k, v, is_causal)
         return out, lse, None, None, q.shape[2], k.shape[2], None, None, None
 
-    def flash_bwd(dout, q, k, v, out, lse, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, seed, offset):
-        seen["flash_dense"] = cum_seq_q is None and cum_seq_k is None and (max_q, max_k) == (q.shape[2], k.shape[2])
+    def flash_bwd(
+        dout, q, k, v, out, lse, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, seed, offset
+    ):
+        seen["flash_dense"] = (
+            cum_seq_q is None and cum_seq_k is None and (max_q, max_k) == (q.shape[2], k.shape[2])
+        )
         return _bhld_math_bwd(dout, q, k, v, out, lse, is_causal)
 
     def eff_fwd(q, k, v, attn_bias, compute_log_sumexp, dropout_p, is_causal):
@@ -322,14 +400,16 @@ def test_cuda_flash_and_efficient_plumbing(monkeypatch):
         return out, padded, None, None
 
     def eff_bwd(dout, q, k, v, attn_bias, out, lse, seed, offset, dropout_p, grad_input_mask, is_causal):
-        seen["eff_lse"] = lse.shape[-1], bool(lse[..., q.shape[2]:].eq(float("inf")).all())
+        seen["eff_lse"] = lse.shape[-1], bool(lse[..., q.shape[2] :].eq(float("inf")).all())
         grads = _bhld_math_bwd(dout, q, k, v, out, lse[..., : q.shape[2]], is_causal)
         return (*grads, None)
 
-    for op, fake in [("_scaled_dot_product_flash_attention", flash_fwd),
-                     ("_scaled_dot_product_flash_attention_backward", flash_bwd),
-                     ("_scaled_dot_product_efficient_attention", eff_fwd),
-                     ("_scaled_dot_product_efficient_attention_backward", eff_bwd)]:
+    for op, fake in [
+        ("_scaled_dot_product_flash_attention", flash_fwd),
+        ("_scaled_dot_product_flash_attention_backward", flash_bwd),
+        ("_scaled_dot_product_efficient_attention", eff_fwd),
+        ("_scaled_dot_product_efficient_attention_backward", eff_bwd),
+    ]:
         monkeypatch.setattr(torch.ops.aten, op, fake)
     _check_kernel("cuda_flash")
     _check_kernel("cuda_efficient")
@@ -340,70 +420,201 @@ def _fa_stand_ins(style: str):
     """flash-attn entry points with the signatures of a release: fa2_2.6 (window_size pair, 8-tuple
     return), fa2_2.8 (custom op, window ints), fa3_2025.01 (`causal`, `out` required, window pair),
     fa3_2025.08 (custom op, backward flag `is_causal`). Gradients are written into dq/dk/dv."""
+
     def fill(dq, dk, dv, grads):
         for buf, g in zip((dq, dk, dv), grads):
             buf.copy_(g)
 
     if style == "fa2_2.6":
-        def fwd(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax):
+
+        def fwd(
+            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+        ):
             assert window_size == (-1, -1) and softmax_scale == q.shape[-1] ** -0.5
             out, lse = KERNELS["math"][0](q, k, v, causal)
             return out, q, k, v, out, lse, None, None
 
-        def bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropout_p, softmax_scale, causal, window_size, softcap,
-                alibi_slopes, deterministic, rng_state=None):
+        def bwd(
+            dout,
+            q,
+            k,
+            v,
+            out,
+            softmax_lse,
+            dq,
+            dk,
+            dv,
+            dropout_p,
+            softmax_scale,
+            causal,
+            window_size,
+            softcap,
+            alibi_slopes,
+            deterministic,
+            rng_state=None,
+        ):
             fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, causal))
+
         return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
     if style == "fa3_2025.01":
-        def fwd(q, k, v, k_new, v_new, qv, out, cu_seqlens_q, cu_seqlens_k, cu_seqlens_k_new, seqused_q, seqused_k,
-                max_seqlen_q, max_seqlen_k, page_table, kv_batch_idx, leftpad_k, rotary_cos, rotary_sin, q_descale,
-                k_descale, v_descale, softmax_scale, causal, window_size=(-1, -1), softcap=0.0,
-                rotary_interleaved=True, num_splits=1, pack_gqa=None, sm_margin=0):
+
+        def fwd(
+            q,
+            k,
+            v,
+            k_new,
+            v_new,
+            qv,
+            out,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            cu_seqlens_k_new,
+            seqused_q,
+            seqused_k,
+            max_seqlen_q,
+            max_seqlen_k,
+            page_table,
+            kv_batch_idx,
+            leftpad_k,
+            rotary_cos,
+            rotary_sin,
+            q_descale,
+            k_descale,
+            v_descale,
+            softmax_scale,
+            causal,
+            window_size=(-1, -1),
+            softcap=0.0,
+            rotary_interleaved=True,
+            num_splits=1,
+            pack_gqa=None,
+            sm_margin=0,
+        ):
             assert out is None and cu_seqlens_q is None and window_size == (-1, -1)
             return (*KERNELS["math"][0](q, k, v, causal), None, None)
 
-        def bwd(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, sequed_q, sequed_k, max_seqlen_q,
-                max_seqlen_k, dq, dk, dv, softmax_scale, causal, window_size=(-1, -1), softcap=0.0,
-                deterministic=False, sm_margin=0):
+        def bwd(
+            dout,
+            q,
+            k,
+            v,
+            out,
+            softmax_lse,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            sequed_q,
+            sequed_k,
+            max_seqlen_q,
+            max_seqlen_k,
+            dq,
+            dk,
+            dv,
+            softmax_scale,
+            causal,
+            window_size=(-1, -1),
+            softcap=0.0,
+            deterministic=False,
+            sm_margin=0,
+        ):
             fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, causal))
+
         return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
 
     ns = f"spbench_test_{style.replace('.', '_')}"  # torch.library names: a fresh namespace per release
     if style == "fa2_2.8":
+
         @torch.library.custom_op(f"{ns}::fwd", mutates_args=())
-        def fwd(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, softmax_scale: float, causal: bool,
-                window_size_left: int, window_size_right: int, softcap: float, alibi_slopes: OptTensor,
-                return_softmax: bool) -> Four:
+        def fwd(
+            q: Tensor,
+            k: Tensor,
+            v: Tensor,
+            dropout_p: float,
+            softmax_scale: float,
+            causal: bool,
+            window_size_left: int,
+            window_size_right: int,
+            softcap: float,
+            alibi_slopes: OptTensor,
+            return_softmax: bool,
+        ) -> Four:
             assert (window_size_left, window_size_right) == (-1, -1)
             out, lse = KERNELS["math"][0](q, k, v, causal)
             return out, lse, q.new_empty(0), q.new_empty(0)
 
         @torch.library.custom_op(f"{ns}::bwd", mutates_args=("dq", "dk", "dv"))
-        def bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softmax_lse: Tensor, dq: OptTensor,
-                dk: OptTensor, dv: OptTensor, dropout_p: float, softmax_scale: float, causal: bool,
-                window_size_left: int, window_size_right: int, softcap: float, alibi_slopes: OptTensor,
-                deterministic: bool, rng_state: OptTensor = None) -> Tensor:
+        def bwd(
+            dout: Tensor,
+            q: Tensor,
+            k: Tensor,
+            v: Tensor,
+            out: Tensor,
+            softmax_lse: Tensor,
+            dq: OptTensor,
+            dk: OptTensor,
+            dv: OptTensor,
+            dropout_p: float,
+            softmax_scale: float,
+            causal: bool,
+            window_size_left: int,
+            window_size_right: int,
+            softcap: float,
+            alibi_slopes: OptTensor,
+            deterministic: bool,
+            rng_state: OptTensor = None,
+        ) -> Tensor:
             fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, causal))
             return q.new_empty(0)
+
         _register_fakes(fwd, bwd)
         return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
 
     @torch.library.custom_op(f"{ns}::fwd", mutates_args=())
-    def fwd(q: Tensor, k: Tensor, v: Tensor, k_new: OptTensor = None, out_: OptTensor = None,
-            cu_seqlens_q: OptTensor = None, max_seqlen_q: Optional[int] = None, softmax_scale: Optional[float] = None,
-            causal: bool = False, window_size_left: int = -1, window_size_right: int = -1, attention_chunk: int = 0,
-            softcap: float = 0.0, num_splits: int = 1, pack_gqa: Optional[bool] = None, sm_margin: int = 0) -> Four:
+    def fwd(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        k_new: OptTensor = None,
+        out_: OptTensor = None,
+        cu_seqlens_q: OptTensor = None,
+        max_seqlen_q: int | None = None,
+        softmax_scale: float | None = None,
+        causal: bool = False,
+        window_size_left: int = -1,
+        window_size_right: int = -1,
+        attention_chunk: int = 0,
+        softcap: float = 0.0,
+        num_splits: int = 1,
+        pack_gqa: bool | None = None,
+        sm_margin: int = 0,
+    ) -> Four:
         out, lse = KERNELS["math"][0](q, k, v, causal)
         return out, lse, q.new_empty(0), q.new_empty(0)
 
     @torch.library.custom_op(f"{ns}::bwd", mutates_args=("dq", "dk", "dv"))
-    def bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softmax_lse: Tensor,
-            cu_seqlens_q: OptTensor = None, sequed_q: OptTensor = None, max_seqlen_q: Optional[int] = None,
-            dq: OptTensor = None, dk: OptTensor = None, dv: OptTensor = None, softmax_scale: Optional[float] = None,
-            is_causal: bool = False, window_size_left: int = -1, window_size_right: int = -1, softcap: float = 0.0,
-            deterministic: bool = False, sm_margin: int = 0) -> Tensor:
+    def bwd(
+        dout: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        softmax_lse: Tensor,
+        cu_seqlens_q: OptTensor = None,
+        sequed_q: OptTensor = None,
+        max_seqlen_q: int | None = None,
+        dq: OptTensor = None,
+        dk: OptTensor = None,
+        dv: OptTensor = None,
+        softmax_scale: float | None = None,
+        is_causal: bool = False,
+        window_size_left: int = -1,
+        window_size_right: int = -1,
+        softcap: float = 0.0,
+        deterministic: bool = False,
+        sm_margin: int = 0,
+    ) -> Tensor:
         fill(dq, dk, dv, KERNELS["math"][1](dout, q, k, v, out, softmax_lse, is_causal))
         return q.new_empty(0)
+
     _register_fakes(fwd, bwd)
     return SimpleNamespace(_flash_attn_forward=fwd, _flash_attn_backward=bwd)
 
@@ -411,10 +622,15 @@ def _fa_stand_ins(style: str):
 def _register_fakes(fwd, bwd) -> None:
     """Shapes-only implementations, as the releases register for their custom ops (what the meta
     device and fake tensors run): out like q, the LSE [B, H, L] in float32."""
+
     @fwd.register_fake
     def _(q, k, v, *args, **kwargs):
-        return (torch.empty_like(q), q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32),
-                q.new_empty(0), q.new_empty(0))
+        return (
+            torch.empty_like(q),
+            q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32),
+            q.new_empty(0),
+            q.new_empty(0),
+        )
 
     @bwd.register_fake
     def _(dout, q, *args, **kwargs):
@@ -424,6 +640,7 @@ def _register_fakes(fwd, bwd) -> None:
 @pytest.mark.parametrize("style", ["fa2_2.6", "fa2_2.8", "fa3_2025.01", "fa3_2025.08"])
 def test_flash_attn_releases_get_their_arguments_by_name(monkeypatch, style):
     from methods.common import attention as A
+
     fa3 = style.startswith("fa3")
     monkeypatch.setattr(A, "_fa3" if fa3 else "_fa", _fa_stand_ins(style))
     _check_kernel("flash_attn3" if fa3 else "flash_attn")

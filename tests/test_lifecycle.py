@@ -9,6 +9,7 @@ Before these fixes (same commands, measured on a loaded 2-core box; timeout_s=15
   no `interrupted` row;
 - SIGKILL of the parent: the ranks kept running (still there after 10 s).
 Each test below fails on that code; numbers after the fix are in the commit message."""
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,15 @@ class Job:
     """`python -m harness.run ARGS` in a session of its own; a thread notes every process under it."""
 
     def __init__(self, args: list[str], cwd: Path):
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=cwd, start_new_session=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.run", *args],
+            cwd=cwd,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        )
         self.started = time.monotonic()
         self.seen: dict[int, float] = {}  # pid -> create time, every descendant ever seen
         self._stop = threading.Event()
@@ -57,7 +64,9 @@ class Job:
     def ranks(self) -> list[psutil.Process]:
         """The children of the job's forkserver: its ranks."""
         try:
-            servers = [c for c in psutil.Process(self.proc.pid).children() if "forkserver" in " ".join(c.cmdline())]
+            servers = [
+                c for c in psutil.Process(self.proc.pid).children() if "forkserver" in " ".join(c.cmdline())
+            ]
             return [r for s in servers for r in s.children()]
         except psutil.Error:
             return []
@@ -131,7 +140,9 @@ def job(tmp_path):
 def test_watchdog_ends_the_job(job, tmp_path, ranks):
     """A timeout row within timeout_s + 15 s, and no rank, forkserver or resource tracker left.
     Before: no row at 50 s in all three cases (timeout_s=15), every process still running."""
-    args = BUSY if ranks != "sleeping" else ["world_size=1", "fault.kind=hang", "fault.rank=0", "fault.step=0"]
+    args = (
+        BUSY if ranks != "sleeping" else ["world_size=1", "fault.kind=hang", "fault.rank=0", "fault.step=0"]
+    )
     j = job([*args, f"bench.timeout_s={TIMEOUT_S}", f"hydra.run.dir={tmp_path / 'run'}"])
     if ranks == "stopped":
         for rank in j.wait_ranks(3):
@@ -147,12 +158,21 @@ def test_watchdog_ends_the_job(job, tmp_path, ranks):
 
 def _sweep_then_signal(job, tmp_path, sig: int) -> None:
     sweep = tmp_path / "sweep"
-    j = job(["-m", *BUSY[:-2], "bench.iters=100000", "bench.timeout_s=300", "workload.seq_len=288,576,864",
-             f"hydra.sweep.dir={sweep}"])
+    j = job(
+        [
+            "-m",
+            *BUSY[:-2],
+            "bench.iters=100000",
+            "bench.timeout_s=300",
+            "workload.seq_len=288,576,864",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     j.wait_ranks(3)
     deadline = time.monotonic() + 60  # until every rank has finished a step or two
     while time.monotonic() < deadline and not all(
-            len(list((d / "progress").glob("[0-9]"))) == 3 for d in _launch_dirs_of(j.proc.pid) or [Path("-")]):
+        len(list((d / "progress").glob("[0-9]"))) == 3 for d in _launch_dirs_of(j.proc.pid) or [Path("-")]
+    ):
         time.sleep(0.2)
     time.sleep(1)
     t0 = time.monotonic()
@@ -213,8 +233,15 @@ def test_sigkill_of_the_parent_takes_the_ranks(job, tmp_path):
     assert not any(_running(r) for r in ranks)
     j.proc.wait()
     assert j.left() == []
-    again = job(["world_size=2", "workload.seq_len=32", "bench.warmup=0", "bench.iters=1",
-                 f"hydra.run.dir={tmp_path / 'again'}"])
+    again = job(
+        [
+            "world_size=2",
+            "workload.seq_len=32",
+            "bench.warmup=0",
+            "bench.iters=1",
+            f"hydra.run.dir={tmp_path / 'again'}",
+        ]
+    )
     code, _, out = again.wait(120)
     assert code == 0, out[-3000:]
     assert _launch_dirs_of(parent) == []

@@ -6,6 +6,7 @@ with padded DSP shards, a single video, no temporal RoPE, adaLN and qk-norm; and
 point each for ulysses, usp and ring. DSP's ranks hold unequal spatial shards when N does not divide S: each rank
 equals its own model (`methods.dsp.rank_memory`), and the registered one is the busiest rank. All
 dryruns of the file run in one in-process `entry_single` call (fake tensors, fake process group)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -23,20 +24,39 @@ LINEAR = replace(TINY, name="tiny_linear", kind="linear")
 DECAY = replace(LINEAR, name="tiny_linear_decay", extra={"decay": True})
 HYBRID = replace(TINY, name="tiny_hybrid", kind="hybrid", extra={"hybrid_period": 2})
 HYBRID_DECAY = replace(HYBRID, name="tiny_hybrid_decay", extra={"hybrid_period": 2, "decay": True})
-LLAMA3_8B = ModelConfig("llama3_8b", hidden=4096, heads=32, kv_heads=8, head_dim=128, ffn_hidden=14336, layers=2,
-                        rope_theta=500000.0)
+LLAMA3_8B = ModelConfig(
+    "llama3_8b",
+    hidden=4096,
+    heads=32,
+    kv_heads=8,
+    head_dim=128,
+    ffn_hidden=14336,
+    layers=2,
+    rope_theta=500000.0,
+)
 F32, BF16 = "float32", "bfloat16"
 # 8 query heads over 4 kv heads: Ulysses at N=8 repeats kv heads, TP-SP stops at N=4
-VIDEO = ModelConfig("tiny_video", hidden=32, heads=8, kv_heads=4, head_dim=4, ffn_hidden=64, layers=2, kind="video")
+VIDEO = ModelConfig(
+    "tiny_video", hidden=32, heads=8, kv_heads=4, head_dim=4, ffn_hidden=64, layers=2, kind="video"
+)
 VIDEO_NO_ROPE = replace(VIDEO, name="tiny_video_no_rope", extra={"temporal_rope": False})
 # OpenSora/DiT conventions (non-affine LayerNorms) with adaLN modulation and qk-norm
 VIDEO_DIT = replace(VIDEO, name="tiny_video_dit", extra={"adaln": True, "qk_norm": True})
-VIDEO_DIT_NO_ROPE = replace(VIDEO, name="tiny_video_dit_no_rope", extra={"adaln": True, "qk_norm": True,
-                                                                         "temporal_rope": False})
+VIDEO_DIT_NO_ROPE = replace(
+    VIDEO, name="tiny_video_dit_no_rope", extra={"adaln": True, "qk_norm": True, "temporal_rope": False}
+)
 
 
-def video(method: str, world_size: int, dtype: str, frames: int = 8, spatial: int = 8, batch_size: int = 2,
-          model: ModelConfig = VIDEO, **options) -> Problem:
+def video(
+    method: str,
+    world_size: int,
+    dtype: str,
+    frames: int = 8,
+    spatial: int = 8,
+    batch_size: int = 2,
+    model: ModelConfig = VIDEO,
+    **options,
+) -> Problem:
     workload = Workload("video", batch_size=batch_size, frames=frames, spatial=spatial, causal=False)
     return Problem(method, model, workload, world_size, dtype, options)
 
@@ -58,8 +78,9 @@ CASES: dict[str, dict[str, Problem]] = {
         "video-all-N4-f32-B1": video("ulysses", 4, F32, batch_size=1, video_attention="all"),
         "video-N8-bf16-kv-repeated": video("ulysses", 8, BF16),
         "video-dit-N2-f32": video("ulysses", 2, F32, model=VIDEO_DIT),
-        "video-dit-all-N2-bf16-no-rope": video("ulysses", 2, BF16, model=VIDEO_DIT_NO_ROPE,
-                                               video_attention="all"),
+        "video-dit-all-N2-bf16-no-rope": video(
+            "ulysses", 2, BF16, model=VIDEO_DIT_NO_ROPE, video_attention="all"
+        ),
     },
     "ring": {
         "N1-bf16": problem("ring", 1, dtype=BF16),
@@ -73,8 +94,9 @@ CASES: dict[str, dict[str, Problem]] = {
     },
     "usp": {
         "N4-2x2-f32": problem("usp", 4, dtype=F32),
-        "N4-ring-inner-basic-bf16-bidir": problem("usp", 4, dtype=BF16, causal=False, layout="basic",
-                                                  placement="ring_inner", zero3=True),
+        "N4-ring-inner-basic-bf16-bidir": problem(
+            "usp", 4, dtype=BF16, causal=False, layout="basic", placement="ring_inner", zero3=True
+        ),
         "N8-8x1-bf16-kv-repeated": problem("usp", 8, dtype=BF16, ulysses_degree=8),
     },
     "allgather_cp": {
@@ -107,8 +129,9 @@ CASES: dict[str, dict[str, Problem]] = {
         # buffer, which makes the last rank the busiest
         "N8-f32-T1-S10-padded": video("dsp", 8, F32, frames=1, spatial=10),
         "dit-N2-bf16": video("dsp", 2, BF16, model=VIDEO_DIT),
-        "dit-N4-f32-T5-S6-padded-B1": video("dsp", 4, F32, frames=5, spatial=6, batch_size=1,
-                                            model=VIDEO_DIT),
+        "dit-N4-f32-T5-S6-padded-B1": video(
+            "dsp", 4, F32, frames=5, spatial=6, batch_size=1, model=VIDEO_DIT
+        ),
     },
     "odysseus": {
         "N2-bf16": problem("odysseus", 2, dtype=BF16),
@@ -126,8 +149,10 @@ CASES: dict[str, dict[str, Problem]] = {
 }
 
 # One rank of each paper-scale point: these methods' ranks hold equal shapes.
-PAPER = {m: Problem(m, LLAMA3_8B, Workload(batch_size=1, seq_len=1 << 20, causal=True), 32, BF16)
-         for m in ("ulysses", "usp", "ring")}
+PAPER = {
+    m: Problem(m, LLAMA3_8B, Workload(batch_size=1, seq_len=1 << 20, causal=True), 32, BF16)
+    for m in ("ulysses", "usp", "ring")
+}
 
 IDS = [(m, c) for m, cases in CASES.items() for c in cases]
 
@@ -141,7 +166,7 @@ def _measured(result: dict) -> dict[str, int]:
 def measured() -> dict[tuple[str, str], list[dict[str, int]]]:
     """{(method, case): [per-rank measurement]} and {("paper", method): [rank 0]}, from one call."""
     keys, jobs = [], []
-    for (method, case) in IDS:
+    for method, case in IDS:
         p = CASES[method][case]
         for rank in range(p.world_size):
             keys.append((method, case))
@@ -158,7 +183,9 @@ def measured() -> dict[tuple[str, str], list[dict[str, int]]]:
 def test_every_variant_has_a_memory_model():
     for name, variants in methods.REGISTRY.items():
         for variant in variants:
-            assert variant.memory_cost is not None, f"{name} ({', '.join(variant.model_kinds)}) has no memory_cost"
+            assert variant.memory_cost is not None, (
+                f"{name} ({', '.join(variant.model_kinds)}) has no memory_cost"
+            )
 
 
 @pytest.mark.parametrize("method,case", IDS, ids=[f"{m}-{c}" for m, c in IDS])

@@ -12,6 +12,7 @@ runs: the same job on CPU data with `meta` as torch's default device, so that an
 without the device of the data it meets lands on meta and fails. Every variant runs that check too.
 
 All jobs run in this process (no ranks to spawn): a few hundred cases take well under a minute."""
+
 from __future__ import annotations
 
 import traceback
@@ -28,14 +29,20 @@ from methods.common.config import ModelConfig, Problem, Workload
 TINY = ModelConfig("tiny", hidden=64, heads=8, kv_heads=4, head_dim=8, ffn_hidden=128, layers=1)
 # the head sizes real jobs use: 64 (dsp_3b), 72 (dsp_720m), 128 (Llama, Linear-Llama3); kv_heads 1
 # and 2 put fewer kv heads than ranks on Ulysses (repeated) and on the native-GQA kernels
-HEAD_DIMS = {64: replace(TINY, name="hd64", hidden=128, heads=8, kv_heads=4, head_dim=64),
-             72: replace(TINY, name="hd72", hidden=144, heads=8, kv_heads=4, head_dim=72),
-             128: replace(TINY, name="hd128", hidden=256, heads=4, kv_heads=1, head_dim=128, rope_theta=500000.0)}
+HEAD_DIMS = {
+    64: replace(TINY, name="hd64", hidden=128, heads=8, kv_heads=4, head_dim=64),
+    72: replace(TINY, name="hd72", hidden=144, heads=8, kv_heads=4, head_dim=72),
+    128: replace(TINY, name="hd128", hidden=256, heads=4, kv_heads=1, head_dim=128, rope_theta=500000.0),
+}
 LINEAR = replace(TINY, name="tiny_linear", kind="linear")
 LINEAR_DECAY = replace(LINEAR, name="tiny_linear_decay", extra={"decay": True})
-HYBRID = replace(TINY, name="tiny_hybrid", kind="hybrid", layers=2, extra={"hybrid_period": 2})  # linear, softmax
+HYBRID = replace(
+    TINY, name="tiny_hybrid", kind="hybrid", layers=2, extra={"hybrid_period": 2}
+)  # linear, softmax
 HYBRID_DECAY = replace(HYBRID, name="tiny_hybrid_decay", extra={"hybrid_period": 2, "decay": True})
-VIDEO = ModelConfig("tiny_video", hidden=32, heads=8, kv_heads=4, head_dim=4, ffn_hidden=64, layers=1, kind="video")
+VIDEO = ModelConfig(
+    "tiny_video", hidden=32, heads=8, kv_heads=4, head_dim=4, ffn_hidden=64, layers=1, kind="video"
+)
 VIDEO_HD72 = replace(VIDEO, name="video_hd72", hidden=144, heads=4, kv_heads=4, head_dim=72)
 VIDEO_DIT = replace(VIDEO, name="tiny_video_dit", extra={"adaln": True, "qk_norm": True})
 
@@ -45,15 +52,35 @@ GPU_KERNELS = ("cudnn", "cuda_flash", "cuda_efficient")  # flash-attn 2/3: no pa
 ALL_HEAD_DIMS = ("ulysses", "ring-zigzag", "ring-stripe", "allgather_cp-zigzag", "usp-u2r2-ring_inner-stripe")
 
 
-def llm(method: str, n: int, model: ModelConfig = TINY, causal: bool = True, seq_len: int = 64,
-        dtype: str = "bfloat16", **options) -> Problem:
+def llm(
+    method: str,
+    n: int,
+    model: ModelConfig = TINY,
+    causal: bool = True,
+    seq_len: int = 64,
+    dtype: str = "bfloat16",
+    **options,
+) -> Problem:
     return Problem(method, model, Workload(batch_size=2, seq_len=seq_len, causal=causal), n, dtype, options)
 
 
-def video(method: str, n: int, model: ModelConfig = VIDEO, frames: int = 8, spatial: int = 12,
-          dtype: str = "bfloat16", **options) -> Problem:
-    return Problem(method, model, Workload("video", batch_size=1, frames=frames, spatial=spatial, causal=False),
-                   n, dtype, options)
+def video(
+    method: str,
+    n: int,
+    model: ModelConfig = VIDEO,
+    frames: int = 8,
+    spatial: int = 12,
+    dtype: str = "bfloat16",
+    **options,
+) -> Problem:
+    return Problem(
+        method,
+        model,
+        Workload("video", batch_size=1, frames=frames, spatial=spatial, causal=False),
+        n,
+        dtype,
+        options,
+    )
 
 
 # every registered variant with the options that change its code path; ZeRO-3 ones are listed apart
@@ -67,8 +94,9 @@ VARIANTS: dict[str, callable] = {
     "allgather_cp-zigzag": lambda **kw: llm("allgather_cp", 4, layout="zigzag", **kw),
     "allgather_cp-contiguous": lambda **kw: llm("allgather_cp", 4, layout="contiguous", **kw),
     "usp-u2r2-ulysses_inner": lambda **kw: llm("usp", 4, ulysses_degree=2, ring_degree=2, **kw),
-    "usp-u2r2-ring_inner-stripe": lambda **kw: llm("usp", 4, ulysses_degree=2, ring_degree=2,
-                                                   placement="ring_inner", layout="stripe", **kw),
+    "usp-u2r2-ring_inner-stripe": lambda **kw: llm(
+        "usp", 4, ulysses_degree=2, ring_degree=2, placement="ring_inner", layout="stripe", **kw
+    ),
 }
 ZERO3_VARIANTS = {
     "ulysses-zero3": lambda **kw: llm("ulysses", 4, zero3=True, **kw),
@@ -85,7 +113,9 @@ LINEAR_CASES = {  # (problem, causal) on the linear and hybrid blocks
     "lasp2h-hybrid": llm("lasp2", 4, model=HYBRID),
     "lasp2h-hybrid-bidirectional": llm("lasp2", 4, model=HYBRID, causal=False),
     "lasp2h-hybrid-decay": llm("lasp2", 4, model=HYBRID_DECAY),
-    "lasp2-linear-hd128": llm("lasp2", 4, model=replace(HEAD_DIMS[128], kind="linear", extra={"decay": True})),
+    "lasp2-linear-hd128": llm(
+        "lasp2", 4, model=replace(HEAD_DIMS[128], kind="linear", extra={"decay": True})
+    ),
     "lasp1-linear-decay": llm("lasp1", 4, model=LINEAR_DECAY),
     "lasp1-linear": llm("lasp1", 4, model=LINEAR),
     "ulysses-linear-decay": llm("ulysses", 4, model=LINEAR_DECAY),
@@ -128,7 +158,11 @@ def meta_cases() -> dict[str, tuple[Problem, str]]:
         cases[f"{name}-f32-cuda_efficient"] = (make(dtype="float32"), "cuda_efficient")
         cases[f"{name}-f16-auto"] = (make(dtype="float16"), "auto")
         for head_dim, model in HEAD_DIMS.items():
-            if name != "ulysses-N8-kv4" and (name in ALL_HEAD_DIMS or head_dim == 128) and _valid(make(model=model)):
+            if (
+                name != "ulysses-N8-kv4"
+                and (name in ALL_HEAD_DIMS or head_dim == 128)
+                and _valid(make(model=model))
+            ):
                 for kernel in GPU_KERNELS if name in ALL_HEAD_DIMS else ("cudnn",):
                     cases[f"{name}-hd{head_dim}-bf16-{kernel}"] = (make(model=model), kernel)
     for name, p in {**LINEAR_CASES, **VIDEO_CASES}.items():
@@ -146,9 +180,16 @@ SYMMETRIC = set(EVERY_RANK)  # the same bytes on every rank: each rank's count e
 
 def rank_cases() -> dict[str, tuple[Problem, str, int]]:
     cases = {f"{name}-rank{r}": (VARIANTS[name](), "cudnn", r) for name in EVERY_RANK for r in range(1, 4)}
-    cases.update({f"{name}-rank{r}": (p, "cudnn", r) for name, p in (("dsp-padded", VIDEO_CASES["dsp-padded"]),
-                                                                    ("lasp1-linear-decay", LINEAR_CASES["lasp1-linear-decay"]))
-                  for r in (0, 2, 3)})
+    cases.update(
+        {
+            f"{name}-rank{r}": (p, "cudnn", r)
+            for name, p in (
+                ("dsp-padded", VIDEO_CASES["dsp-padded"]),
+                ("lasp1-linear-decay", LINEAR_CASES["lasp1-linear-decay"]),
+            )
+            for r in (0, 2, 3)
+        }
+    )
     return cases
 
 
@@ -166,27 +207,61 @@ def _run(job: Job) -> dict:
             warnings.simplefilter("ignore")
             return entry_single([job])[0]
     except Exception as err:  # noqa: BLE001 - reported by the test that reads this case
-        frames = [f for f in traceback.extract_tb(err.__traceback__) if "/methods/" in f.filename or "/harness/" in f.filename]
-        where = f" at {'/'.join(frames[-1].filename.rsplit('/', 2)[-2:])}:{frames[-1].lineno}" if frames else ""
+        frames = [
+            f
+            for f in traceback.extract_tb(err.__traceback__)
+            if "/methods/" in f.filename or "/harness/" in f.filename
+        ]
+        where = (
+            f" at {'/'.join(frames[-1].filename.rsplit('/', 2)[-2:])}:{frames[-1].lineno}" if frames else ""
+        )
         return {"error": f"{type(err).__name__}: {err}{where}"}
 
 
 @pytest.fixture(scope="module")
 def meta_results() -> dict[str, dict]:
-    return {cid: _run(Job(p, mode="emulate", device="meta", attn_backend=kernel, play_rank=_busiest(p), warmup=0, iters=1))
-            for cid, (p, kernel) in META.items()}
+    return {
+        cid: _run(
+            Job(
+                p,
+                mode="emulate",
+                device="meta",
+                attn_backend=kernel,
+                play_rank=_busiest(p),
+                warmup=0,
+                iters=1,
+            )
+        )
+        for cid, (p, kernel) in META.items()
+    }
 
 
 @pytest.fixture(scope="module")
 def rank_results() -> dict[str, dict]:
-    return {cid: _run(Job(p, mode="emulate", device="meta", attn_backend=kernel, play_rank=rank, warmup=0, iters=1))
-            for cid, (p, kernel, rank) in RANKS.items()}
+    return {
+        cid: _run(
+            Job(p, mode="emulate", device="meta", attn_backend=kernel, play_rank=rank, warmup=0, iters=1)
+        )
+        for cid, (p, kernel, rank) in RANKS.items()
+    }
 
 
 @pytest.fixture(scope="module")
 def strict_results() -> dict[str, dict]:
-    return {cid: _run(Job(p, mode="emulate", device="cpu", default_device="meta", play_rank=_busiest(p), warmup=0, iters=1))
-            for cid, p in STRICT.items()}
+    return {
+        cid: _run(
+            Job(
+                p,
+                mode="emulate",
+                device="cpu",
+                default_device="meta",
+                play_rank=_busiest(p),
+                warmup=0,
+                iters=1,
+            )
+        )
+        for cid, p in STRICT.items()
+    }
 
 
 def _busiest(p: Problem) -> int:
@@ -196,8 +271,9 @@ def _busiest(p: Problem) -> int:
 
 def _assert_counted_equals_model(p: Problem, result: dict) -> None:
     method = methods.for_problem(p)
-    assert result["comm"] == {ph: {k: b for k, b in kinds.items() if b}
-                              for ph, kinds in method.comm_cost(p).as_dict().items()}
+    assert result["comm"] == {
+        ph: {k: b for k, b in kinds.items() if b} for ph, kinds in method.comm_cost(p).as_dict().items()
+    }
 
 
 @pytest.mark.parametrize("cid", sorted(META))
@@ -213,7 +289,12 @@ def test_meta_device_job(cid, meta_results):
         return  # memory models describe the fast kernels; the math path is the float64 reference
     model = methods.for_problem(p).memory_cost(replace(p, device="meta"))
     fwd_end, end = result["mem_fwd_end_detail"], result["mem_end_detail"]
-    assert (fwd_end["param"], fwd_end["input"], fwd_end["act"], end["grad"]) == (model.param, model.input, model.act, model.grad)
+    assert (fwd_end["param"], fwd_end["input"], fwd_end["act"], end["grad"]) == (
+        model.param,
+        model.input,
+        model.act,
+        model.grad,
+    )
 
 
 @pytest.mark.parametrize("cid", sorted(RANKS))
@@ -230,10 +311,12 @@ def test_meta_device_job_on_every_rank(cid, rank_results):
 
 # flash-attn cannot be installed here: its wrappers run on meta against stand-ins with the signatures
 # of real releases (tests/test_kernels.py), computing with the math path on meta tensors
-FLASH_ATTN = {f"{name}-causal{int(causal)}-{kernel}": (VARIANTS[name](causal=causal), kernel, style)
-              for name in ("ulysses", "ring-stripe", "allgather_cp-zigzag", "usp-u2r2-ulysses_inner")
-              for causal in (True, False)
-              for kernel, style in (("flash_attn", "fa2_2.8"), ("flash_attn3", "fa3_2025.08"))}
+FLASH_ATTN = {
+    f"{name}-causal{int(causal)}-{kernel}": (VARIANTS[name](causal=causal), kernel, style)
+    for name in ("ulysses", "ring-stripe", "allgather_cp-zigzag", "usp-u2r2-ulysses_inner")
+    for causal in (True, False)
+    for kernel, style in (("flash_attn", "fa2_2.8"), ("flash_attn3", "fa3_2025.08"))
+}
 
 
 @pytest.fixture(scope="module")
@@ -241,11 +324,14 @@ def flash_attn_results() -> dict[str, dict]:
     from methods.common import attention
 
     from .test_kernels import _fa_stand_ins
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(attention, "_fa", _fa_stand_ins("fa2_2.8"))
         patch.setattr(attention, "_fa3", _fa_stand_ins("fa3_2025.08"))
-        return {cid: _run(Job(p, mode="emulate", device="meta", attn_backend=kernel, warmup=0, iters=1))
-                for cid, (p, kernel, _) in FLASH_ATTN.items()}
+        return {
+            cid: _run(Job(p, mode="emulate", device="meta", attn_backend=kernel, warmup=0, iters=1))
+            for cid, (p, kernel, _) in FLASH_ATTN.items()
+        }
 
 
 @pytest.mark.parametrize("cid", sorted(FLASH_ATTN))
@@ -262,7 +348,11 @@ def test_meta_tier_covers_every_registered_variant():
     covered |= {(p.method, p.workload.name, p.model.kind) for p in STRICT.values()}
     for name, variants in methods.REGISTRY.items():
         for m in variants:
-            assert any((name, w, k) in covered for w in m.workloads for k in m.model_kinds), (name, m.workloads, m.model_kinds)
+            assert any((name, w, k) in covered for w in m.workloads for k in m.model_kinds), (
+                name,
+                m.workloads,
+                m.model_kinds,
+            )
 
 
 @pytest.mark.parametrize("cid", sorted(STRICT))
@@ -286,7 +376,9 @@ def test_the_tier_sees_a_cpu_tensor_meeting_device_data(monkeypatch):
     from methods.common import layers
 
     def cpu_rope(positions, head_dim, theta, dtype):
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim))
+        inv_freq = 1.0 / (
+            theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim)
+        )
         angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -304,19 +396,42 @@ def test_harness_run_on_meta_writes_rows_and_refuses_what_meta_cannot_bind(tmp_p
     from harness.results import load
 
     from .test_harness import harness_run
+
     sweep = tmp_path / "sweep"
-    res = harness_run("-m", "mode=emulate", "device=meta", "method=ulysses,ring", "bench.attn_backend=cudnn",
-                      "model=llama3_8b", "model.layers=1", "world_size=8", "workload.seq_len=8192", "dtype=bfloat16",
-                      "bench.warmup=1", "bench.iters=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    res = harness_run(
+        "-m",
+        "mode=emulate",
+        "device=meta",
+        "method=ulysses,ring",
+        "bench.attn_backend=cudnn",
+        "model=llama3_8b",
+        "model.layers=1",
+        "world_size=8",
+        "workload.seq_len=8192",
+        "dtype=bfloat16",
+        "bench.warmup=1",
+        "bench.iters=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     df = load(sweep)
     assert len(df) == 2 and (df.status == "ok").all(), df[["method", "error"]]
     assert sorted(zip(df.method, df.attn_backend)) == [("ring", "cudnn"), ("ulysses", "cudnn")]
     assert (df.device_name == "meta").all() and "step_time_ms" not in df  # no timing on meta
-    assert (df.comm_bytes_fwd == df.theory_comm_bytes_fwd).all() and (df.comm_bytes_bwd == df.theory_comm_bytes_bwd).all()
+    assert (df.comm_bytes_fwd == df.theory_comm_bytes_fwd).all() and (
+        df.comm_bytes_bwd == df.theory_comm_bytes_bwd
+    ).all()
     bad = tmp_path / "bad"
-    res = harness_run("-m", "mode=real,emulate", "device=meta", "bench.attn_backend=flash_attn", "dtype=bfloat16",
-                      f"hydra.sweep.dir={bad}", cwd=tmp_path)
+    res = harness_run(
+        "-m",
+        "mode=real,emulate",
+        "device=meta",
+        "bench.attn_backend=flash_attn",
+        "dtype=bfloat16",
+        f"hydra.sweep.dir={bad}",
+        cwd=tmp_path,
+    )
     rows = load(bad).sort_values("mode")
     assert list(rows.status) == ["invalid", "invalid"]
     assert "flash-attn kernels need their package installed" in rows.error.iloc[0]

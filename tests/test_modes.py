@@ -1,6 +1,7 @@
 """mode=dryrun and mode=emulate: one process plays one rank over a fake process group. The dryrun's
 counted bytes equal every method's cost model (all ranks, tiny and paper scale), its fake-tensor
 memory equals the same tracker on a real gloo run, and emulate's projection adds up."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import torch
 import methods
 from harness.comm import Record
 from harness.memory import PeakMemory
-from harness.projection import collective_seconds, comm_seconds, spans_nodes
 from harness.metrics import max_comm
+from harness.projection import collective_seconds, comm_seconds, spans_nodes
 from harness.worker import Job, entry_single
 from methods.common.config import ModelConfig, Problem, Workload
 
@@ -22,12 +23,20 @@ from .test_harness import harness_run
 
 LINEAR = replace(TINY, name="tiny_linear", kind="linear")
 HYBRID = replace(TINY, name="tiny_hybrid", kind="hybrid", extra={"hybrid_period": 2})
-VIDEO = ModelConfig("tiny_video", hidden=32, heads=4, kv_heads=4, head_dim=8, ffn_hidden=64, layers=2, kind="video")
+VIDEO = ModelConfig(
+    "tiny_video", hidden=32, heads=4, kv_heads=4, head_dim=8, ffn_hidden=64, layers=2, kind="video"
+)
 
 
 def video(method: str, n: int, **options) -> Problem:
-    return Problem(method, VIDEO, Workload("video", batch_size=1, frames=4, spatial=12, causal=False), n,
-                   "float32", options)
+    return Problem(
+        method,
+        VIDEO,
+        Workload("video", batch_size=1, frames=4, spatial=12, causal=False),
+        n,
+        "float32",
+        options,
+    )
 
 
 # every registered variant once, float32, 4 ranks (DSP with 12 spatial positions over 8 ranks: padded shards)
@@ -55,13 +64,17 @@ CASES = {
 
 def test_cases_cover_every_registered_variant():
     covered = {(m.name, m.workloads, m.model_kinds) for p in CASES.values() for m in [methods.for_problem(p)]}
-    assert covered == {(m.name, m.workloads, m.model_kinds) for variants in methods.REGISTRY.values() for m in variants}
+    assert covered == {
+        (m.name, m.workloads, m.model_kinds) for variants in methods.REGISTRY.values() for m in variants
+    }
 
 
 @pytest.fixture(scope="module")
 def dryruns() -> dict[str, list[dict]]:
     """Every case played rank by rank in one process."""
-    jobs = [(cid, Job(p, mode="dryrun", play_rank=r)) for cid, p in CASES.items() for r in range(p.world_size)]
+    jobs = [
+        (cid, Job(p, mode="dryrun", play_rank=r)) for cid, p in CASES.items() for r in range(p.world_size)
+    ]
     results = entry_single([job for _, job in jobs])
     out: dict[str, list[dict]] = {}
     for (cid, _), result in zip(jobs, results):
@@ -87,6 +100,7 @@ def test_dryrun_memory_equals_a_real_run(dryruns, real_runs, cid):
     Gloo's worker threads release a collective's buffers a little later than the fake group does
     (it varies run to run), so on gloo the activations alive at any moment, and the peak, may be
     higher by up to two of the step's largest collective buffers, never lower."""
+
     def exact(detail: dict) -> dict:
         return {k: v for k, v in detail.items() if k != "act"}
 
@@ -100,8 +114,16 @@ def test_dryrun_memory_equals_a_real_run(dryruns, real_runs, cid):
         assert fake["peak_mem_bytes"] > fake["mem_fwd_end_detail"]["param"] > 0
 
 
-LLAMA3_8B_2L = ModelConfig("llama3_8b", hidden=4096, heads=32, kv_heads=8, head_dim=128, ffn_hidden=14336,
-                           layers=2, rope_theta=500000.0)
+LLAMA3_8B_2L = ModelConfig(
+    "llama3_8b",
+    hidden=4096,
+    heads=32,
+    kv_heads=8,
+    head_dim=128,
+    ffn_hidden=14336,
+    layers=2,
+    rope_theta=500000.0,
+)
 
 
 @pytest.mark.parametrize("method,options", [("ulysses", {}), ("usp", {"ulysses_degree": 8}), ("ring", {})])
@@ -130,7 +152,13 @@ def test_peak_memory_tracker_times_each_storage():
 
 
 def test_projection_takes_the_link_each_group_crosses():
-    hw = {"gpus": 8, "link_bw_GBps": 400.0, "latency_us": 10.0, "inter_node_bw_GBps": 50.0, "inter_node_latency_us": 20.0}
+    hw = {
+        "gpus": 8,
+        "link_bw_GBps": 400.0,
+        "latency_us": 10.0,
+        "inter_node_bw_GBps": 50.0,
+        "inter_node_latency_us": 20.0,
+    }
     intra = Record("fwd", "all_to_all", "alltoall_base_", 8, 8 * 10**9, tuple(range(8)))
     inter = replace(intra, ranks=tuple(range(0, 64, 8)))  # one rank per node
     assert not spans_nodes(intra.ranks, 8) and spans_nodes(inter.ranks, 8)
@@ -142,9 +170,18 @@ def test_projection_takes_the_link_each_group_crosses():
 
 def test_emulate_row_projects_compute_plus_comm(tmp_path):
     sweep = tmp_path / "s"
-    res = harness_run("-m", "mode=emulate", "method=ulysses,ring", "world_size=8", "workload.seq_len=256",
-                      "hardware=h100_nvlink_8x", "bench.warmup=0", "bench.iters=2", f"hydra.sweep.dir={sweep}",
-                      cwd=tmp_path)
+    res = harness_run(
+        "-m",
+        "mode=emulate",
+        "method=ulysses,ring",
+        "world_size=8",
+        "workload.seq_len=256",
+        "hardware=h100_nvlink_8x",
+        "bench.warmup=0",
+        "bench.iters=2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     for i in (0, 1):
         row = json.loads((sweep / str(i) / "result.json").read_text())
@@ -163,6 +200,7 @@ def test_emulate_row_projects_compute_plus_comm(tmp_path):
 
 def test_rates_above_the_hardware_peak_are_flagged():
     from harness.metrics import suspect
+
     assert suspect({"mfu": 0.4, "mfu_compute": 0.5}) is None
     assert "mfu=1.30 exceeds" in suspect({"mfu": 1.3})
     assert "mfu_compute" in suspect({"mfu": 0.9, "mfu_compute": 1.1})  # emulate: the measured compute alone
@@ -173,19 +211,39 @@ def test_overlap_fraction_reads_the_trace():
 
     def ev(name, ts, dur, cat="kernel", tid=1):
         return {"ph": "X", "name": name, "ts": ts, "dur": dur, "cat": cat, "tid": tid}
-    gpu = {"traceEvents": [ev("ncclDevKernel_SendRecv", 0, 10), ev("flash_fwd_kernel", 5, 10),
-                           ev("ncclDevKernel_AllGather", 20, 10), ev("cpu side", 0, 100, cat="cpu_op")]}
+
+    gpu = {
+        "traceEvents": [
+            ev("ncclDevKernel_SendRecv", 0, 10),
+            ev("flash_fwd_kernel", 5, 10),
+            ev("ncclDevKernel_AllGather", 20, 10),
+            ev("cpu side", 0, 100, cat="cpu_op"),
+        ]
+    }
     assert overlap_fraction(gpu) == pytest.approx(5 / 20)  # half of the first transfer is hidden
-    cpu = {"traceEvents": [ev("RingAttentionBackward", 0, 100, "cpu_op"), ev("c10d::send", 10, 10, "cpu_op"),
-                           ev("aten::mm", 15, 10, "cpu_op", tid=2)]}
+    cpu = {
+        "traceEvents": [
+            ev("RingAttentionBackward", 0, 100, "cpu_op"),
+            ev("c10d::send", 10, 10, "cpu_op"),
+            ev("aten::mm", 15, 10, "cpu_op", tid=2),
+        ]
+    }
     assert overlap_fraction(cpu) == pytest.approx(5 / 10)  # the enclosing op is not compute
     assert overlap_fraction({"traceEvents": [ev("aten::mm", 0, 5)]}) is None
 
 
 def test_profile_writes_a_trace_per_rank(tmp_path):
     run = tmp_path / "run"
-    res = harness_run("method=ring", "world_size=2", "workload.seq_len=64", "bench.warmup=0", "bench.iters=1",
-                      "bench.profile=true", f"hydra.run.dir={run}", cwd=tmp_path)
+    res = harness_run(
+        "method=ring",
+        "world_size=2",
+        "workload.seq_len=64",
+        "bench.warmup=0",
+        "bench.iters=1",
+        "bench.profile=true",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     row = json.loads((run / "result.json").read_text())
     assert row["status"] == "ok" and 0 <= row["overlap_frac"] <= 1

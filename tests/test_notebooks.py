@@ -23,7 +23,13 @@ FIXTURE = REPO / "tests" / "fixtures" / "results"
 NOTEBOOKS = ("comm_volume", "memory", "throughput")
 TINY = ["model=tiny", "bench.warmup=1", "bench.iters=2", "hardware=cpu"]
 SWEEPS = {  # sub-directory of made/: overrides (each a multirun, the three launched at once)
-    "dryrun": ["mode=dryrun", "method=ulysses,ring", "world_size=4", "workload.seq_len=256", "model.layers=1,2"],
+    "dryrun": [
+        "mode=dryrun",
+        "method=ulysses,ring",
+        "world_size=4",
+        "workload.seq_len=256",
+        "model.layers=1,2",
+    ],
     "emulate": ["mode=emulate", "method=ulysses", "world_size=2", "workload.seq_len=128,256"],
     "real": ["mode=real", "method=ulysses", "world_size=2", "workload.seq_len=128"],
 }
@@ -33,10 +39,14 @@ MADE = 7  # rows: 4 dryrun, 2 emulate, 1 real
 def test_each_notebook_is_paired_with_its_source():
     for name in NOTEBOOKS:
         py, nb = (jupytext.read(REPO / "notebooks" / f"{name}.{ext}") for ext in ("py", "ipynb"))
-        assert [(c.cell_type, c.source) for c in py.cells] == [(c.cell_type, c.source) for c in nb.cells], name
+        assert [(c.cell_type, c.source) for c in py.cells] == [(c.cell_type, c.source) for c in nb.cells], (
+            name
+        )
         assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent"
         assert ["parameters" in c.metadata.get("tags", []) for c in nb.cells].count(True) == 1, name
-        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name}.ipynb has outputs"
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+            f"{name}.ipynb has outputs"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +56,22 @@ def rows(tmp_path_factory) -> Path:
     shutil.copytree(FIXTURE, rows)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     jobs = [
-        subprocess.Popen([sys.executable, "-m", "harness.run", "-m", *TINY, *overrides,
-                          f"hydra.sweep.dir={rows / 'made' / sub}"],
-                         cwd=rows, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "harness.run",
+                "-m",
+                *TINY,
+                *overrides,
+                f"hydra.sweep.dir={rows / 'made' / sub}",
+            ],
+            cwd=rows,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for sub, overrides in SWEEPS.items()
     ]
     for job in jobs:
@@ -59,7 +82,9 @@ def rows(tmp_path_factory) -> Path:
 
 
 def _text(nb) -> str:
-    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream")
+    return "".join(
+        o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +93,18 @@ def printed(rows, tmp_path_factory) -> dict[str, str]:
     cwd = tmp_path_factory.mktemp("cwd")
     text = {}
     for name in NOTEBOOKS:
-        nb = papermill.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", cwd / f"{name}.out.ipynb",
-                                        parameters={"RESULTS": str(rows)}, cwd=str(cwd), kernel_name="python3",
-                                        progress_bar=False)
+        nb = papermill.execute_notebook(
+            REPO / "notebooks" / f"{name}.ipynb",
+            cwd / f"{name}.out.ipynb",
+            parameters={"RESULTS": str(rows)},
+            cwd=str(cwd),
+            kernel_name="python3",
+            progress_bar=False,
+        )
         text[name] = _text(nb)
-    assert sorted(p.name for p in cwd.iterdir()) == sorted(f"{n}.out.ipynb" for n in NOTEBOOKS)  # nothing else
+    assert sorted(p.name for p in cwd.iterdir()) == sorted(
+        f"{n}.out.ipynb" for n in NOTEBOOKS
+    )  # nothing else
     assert len(load(rows)) == len(load(FIXTURE)) + MADE  # the notebooks' files are not rows
     return text
 
@@ -90,9 +122,17 @@ def test_made_rows_in_every_notebook(rows, printed):
     throughput = pd.read_csv(rows / "analysis" / "throughput" / "throughput.csv")
     ours = throughput.merge(made[["mode", "tokens_per_s"]], on=["mode", "tokens_per_s"])
     assert sorted(ours["mode"]) == ["emulate", "emulate", "real"]
-    assert f"dropped {18 + 3} row(s), not run on a GPU" in printed["throughput"]  # CPU MFU is not beside A800's
-    for path in ["comm_volume/comm_by_kind.png", "memory/peak_memory.png", "throughput/tokens_per_s.png",
-                 "throughput/step_time.png", "throughput/projected_comm.png", "throughput/mfu_vs_published.png"]:
+    assert (
+        f"dropped {18 + 3} row(s), not run on a GPU" in printed["throughput"]
+    )  # CPU MFU is not beside A800's
+    for path in [
+        "comm_volume/comm_by_kind.png",
+        "memory/peak_memory.png",
+        "throughput/tokens_per_s.png",
+        "throughput/step_time.png",
+        "throughput/projected_comm.png",
+        "throughput/mfu_vs_published.png",
+    ]:
         assert (rows / "analysis" / path).stat().st_size > 1000, path
 
 
@@ -130,7 +170,10 @@ def test_memory_fractions_and_formulas(rows, printed):
     replicated = usp[usp.usp_param_grad == "P+G"]
     assert replicated.param_fraction.to_numpy() == pytest.approx(1, rel=0.01)
     mega = pd.read_csv(out / "megatron_activation.csv")
-    assert set(mega.megatron_row) >= {"no parallelism", "tensor + sequence parallel + selective recomputation"}
+    assert set(mega.megatron_row) >= {
+        "no parallelism",
+        "tensor + sequence parallel + selective recomputation",
+    }
 
 
 def test_throughput_both_mfu_conventions(rows, printed):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-import methods
 from methods.common.config import InvalidConfig, ModelConfig
 
 from .dist import CAUSAL, TEST_TIMEOUT_S, Launches, assert_method_case, problem
@@ -68,5 +67,7 @@ def test_odysseus_moves_no_mlp_activations(outcomes):
 
 
 def test_tp_sp_refuses_zero3():
-    with pytest.raises(InvalidConfig, match=r"unknown option\(s\) method.zero3: method 'tp_sp' accepts no options"):
+    with pytest.raises(
+        InvalidConfig, match=r"unknown option\(s\) method.zero3: method 'tp_sp' accepts no options"
+    ):
         problem("tp_sp", 2, zero3=True)  # TP-SP's weights are already sharded: its options have no zero3

@@ -1,6 +1,7 @@
 """run.sh's set-up (harness/setup_env.py) in a copy of the repository, offline: it reuses the torch of
 the invoking python3 (this test's interpreter) instead of installing one, fails at once and clearly when
 there is no torch and no index, and stops loudly when GPUs are visible but torch cannot use them."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,14 @@ except ImportError:  # Python 3.10
     tomllib = None
 
 REPO = Path(__file__).resolve().parents[1]
-OFFLINE = {"PIP_NO_INDEX": "1", "PIP_INDEX_URL": "http://127.0.0.1:9/", "PIP_FIND_LINKS": "",
-           "PIP_CONFIG_FILE": os.devnull, "PIP_RETRIES": "0", "PIP_TIMEOUT": "1"}
+OFFLINE = {
+    "PIP_NO_INDEX": "1",
+    "PIP_INDEX_URL": "http://127.0.0.1:9/",
+    "PIP_FIND_LINKS": "",
+    "PIP_CONFIG_FILE": os.devnull,
+    "PIP_RETRIES": "0",
+    "PIP_TIMEOUT": "1",
+}
 
 
 def _copy_repo(dst: Path) -> Path:
@@ -41,14 +48,19 @@ def _env(tmp: Path, python: str, **extra: str) -> dict[str, str]:
     # next to the link), without the venv's packages.
     (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{python}" "$@"\n')
     (bin_dir / "python3").chmod(0o755)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME") and not k.startswith("PIP_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME") and not k.startswith("PIP_")
+    }
     env.update(OFFLINE, PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", **extra)
     return env
 
 
 def _setup(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "run.sh", "setup"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["bash", "run.sh", "setup"], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _fake_nvidia_smi(tmp: Path) -> None:
@@ -75,23 +87,41 @@ def test_setup_reuses_the_invoking_torch(reused):
     assert (venv / "bin" / "python").exists()
     py = str(venv / "bin" / "python")
     bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # what the venv itself sees
-    where = subprocess.run([py, "-c", "import torch; print(torch.__file__)"], cwd="/", capture_output=True,
-                           text=True, check=True, env=bare).stdout.strip()
+    where = subprocess.run(
+        [py, "-c", "import torch; print(torch.__file__)"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+        env=bare,
+    ).stdout.strip()
     assert not Path(where).resolve().is_relative_to(venv.resolve()), where
     assert Path(where).resolve() == Path(torch.__file__).resolve()
     site_packages = list(venv.glob("lib/python*/site-packages"))
-    assert site_packages and not [p for sp in site_packages for p in sp.iterdir() if p.name.lower().startswith("torch")]
+    assert site_packages and not [
+        p for sp in site_packages for p in sp.iterdir() if p.name.lower().startswith("torch")
+    ]
     # The copy's packages, not those of the repository this test runs from (editable there).
     code = "import harness, methods; print(harness.__file__); print(methods.__file__)"
-    files = subprocess.run([py, "-c", code], cwd="/", capture_output=True, text=True, check=True, env=bare).stdout.split()
-    assert [Path(f).resolve() for f in files] == [(root / n / "__init__.py").resolve() for n in ("harness", "methods")]
+    files = subprocess.run(
+        [py, "-c", code], cwd="/", capture_output=True, text=True, check=True, env=bare
+    ).stdout.split()
+    assert [Path(f).resolve() for f in files] == [
+        (root / n / "__init__.py").resolve() for n in ("harness", "methods")
+    ]
 
     n_deps = len(setup_env.pyproject(str(REPO / "pyproject.toml"))["dependencies"])
     lines = res.stdout.splitlines()
     assert all(line.startswith("setup: ") for line in lines), res.stdout  # one line per step, pip quiet
-    assert lines[0].startswith(f"setup: using python3 at {sys.executable}") and f"torch {torch.__version__}" in lines[0]
-    for expected in ("setup: creating .venv with system site packages", f"setup: all {n_deps} dependencies present",
-                     "setup: done; python: "):
+    assert (
+        lines[0].startswith(f"setup: using python3 at {sys.executable}")
+        and f"torch {torch.__version__}" in lines[0]
+    )
+    for expected in (
+        "setup: creating .venv with system site packages",
+        f"setup: all {n_deps} dependencies present",
+        "setup: done; python: ",
+    ):
         assert any(line.startswith(expected) for line in lines), (expected, res.stdout)
 
 
@@ -112,8 +142,12 @@ def test_gpus_visible_without_cuda_stop_the_setup(reused):
     env.pop("SPBENCH_ALLOW_CPU", None)
     res = _setup(root, env)
     assert res.returncode != 0
-    for expected in ("GPUs are visible but torch cannot use them", "GPU 0: NVIDIA H200", "torch.cuda.is_available() is False",
-                     "SPBENCH_ALLOW_CPU=1"):
+    for expected in (
+        "GPUs are visible but torch cannot use them",
+        "GPU 0: NVIDIA H200",
+        "torch.cuda.is_available() is False",
+        "SPBENCH_ALLOW_CPU=1",
+    ):
         assert expected in res.stderr, (expected, res.stderr)
     res = _setup(root, {**env, "SPBENCH_ALLOW_CPU": "1"})
     assert res.returncode == 0, res.stdout + res.stderr
@@ -132,7 +166,10 @@ def test_no_torch_and_no_index_fails_clearly(tmp_path):
     assert res.returncode != 0
     assert "setup: creating .venv\n" in res.stdout, res.stdout
     assert f"installing the CPU wheel {setup_env.PINNED_TORCH}" in res.stdout
-    assert f"setup: pip could not install {setup_env.PINNED_TORCH}" in res.stderr and "package index" in res.stderr, res.stderr
+    assert (
+        f"setup: pip could not install {setup_env.PINNED_TORCH}" in res.stderr
+        and "package index" in res.stderr
+    ), res.stderr
 
 
 def test_helper_is_standard_library_only():
@@ -146,10 +183,22 @@ def test_fallback_toml_and_specifiers():
     data = tomllib.loads(text)
     assert setup_env._toml_arrays(text, "project", "dependencies") == data["project"]["dependencies"]
     assert setup_env._toml_arrays(text, "build-system", "requires") == data["build-system"]["requires"]
-    assert setup_env._toml_arrays("[project]\ndependencies = ['a>=1', # c ]\n  \"b\" ]\n", "project", "dependencies") == ["a>=1", "b"]
-    cases = [("2.11.0+cu130", ">=2.5"), ("2.4.1", ">=2.5"), ("1.3.2", ">=1.3,<1.4"), ("1.4.0", ">=1.3,<1.4"),
-             ("2.13.0+cpu", "==2.13.0"), ("1.26.4", "~=1.26"), ("2.0", "~=1.26"), ("1.3.7", "==1.3.*"), ("1.4", "!=1.3.*"),
-             ("0.13.2", ">=0.13"), ("8", ">=8")]
+    assert setup_env._toml_arrays(
+        "[project]\ndependencies = ['a>=1', # c ]\n  \"b\" ]\n", "project", "dependencies"
+    ) == ["a>=1", "b"]
+    cases = [
+        ("2.11.0+cu130", ">=2.5"),
+        ("2.4.1", ">=2.5"),
+        ("1.3.2", ">=1.3,<1.4"),
+        ("1.4.0", ">=1.3,<1.4"),
+        ("2.13.0+cpu", "==2.13.0"),
+        ("1.26.4", "~=1.26"),
+        ("2.0", "~=1.26"),
+        ("1.3.7", "==1.3.*"),
+        ("1.4", "!=1.3.*"),
+        ("0.13.2", ">=0.13"),
+        ("8", ">=8"),
+    ]
     from packaging.requirements import Requirement
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version

@@ -1,6 +1,7 @@
 """Sweeps through hydra-submitit-launcher, and the node plan a multi-node SLURM job uses: the SLURM
 path itself needs a cluster, so the same launcher runs locally (`submitit_local`), the node plan is
 read from fake SLURM environments, and two "nodes" on this machine meet at one static rendezvous."""
+
 from __future__ import annotations
 
 import os
@@ -25,23 +26,34 @@ def _no_slurm_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
 
 
-def _step_env(node: int, nodes: int = 2, nodelist: str = "gpu[01-02]", tasks: int | None = None,
-              job: str = "4242") -> dict[str, str]:
+def _step_env(
+    node: int, nodes: int = 2, nodelist: str = "gpu[01-02]", tasks: int | None = None, job: str = "4242"
+) -> dict[str, str]:
     """What `srun` puts in a step task's environment (the variables node_plan reads)."""
-    return {"SLURM_JOB_ID": job, "SLURM_STEP_ID": "0", "SLURM_NNODES": str(nodes),
-            "SLURM_STEP_NUM_NODES": str(nodes), "SLURM_STEP_NUM_TASKS": str(tasks or nodes),
-            "SLURM_STEP_NODELIST": nodelist, "SLURM_JOB_NODELIST": nodelist, "SLURM_NODEID": str(node)}
+    return {
+        "SLURM_JOB_ID": job,
+        "SLURM_STEP_ID": "0",
+        "SLURM_NNODES": str(nodes),
+        "SLURM_STEP_NUM_NODES": str(nodes),
+        "SLURM_STEP_NUM_TASKS": str(tasks or nodes),
+        "SLURM_STEP_NODELIST": nodelist,
+        "SLURM_JOB_NODELIST": nodelist,
+        "SLURM_NODEID": str(node),
+    }
 
 
-@pytest.mark.parametrize("nodelist,hosts", [
-    ("gpu01", ["gpu01"]),
-    ("gpu[01-02]", ["gpu01", "gpu02"]),
-    ("gpu[08-11]", ["gpu08", "gpu09", "gpu10", "gpu11"]),   # padding kept across a carry
-    ("n[9-11]", ["n9", "n10", "n11"]),                      # no padding
-    ("gpu[01-02,07],login3", ["gpu01", "gpu02", "gpu07", "login3"]),
-    ("a[1-2]-ib[0-1]", ["a1-ib0", "a1-ib1", "a2-ib0", "a2-ib1"]),
-    ("node-[001-002],gpu[3]", ["node-001", "node-002", "gpu3"]),
-])
+@pytest.mark.parametrize(
+    "nodelist,hosts",
+    [
+        ("gpu01", ["gpu01"]),
+        ("gpu[01-02]", ["gpu01", "gpu02"]),
+        ("gpu[08-11]", ["gpu08", "gpu09", "gpu10", "gpu11"]),  # padding kept across a carry
+        ("n[9-11]", ["n9", "n10", "n11"]),  # no padding
+        ("gpu[01-02,07],login3", ["gpu01", "gpu02", "gpu07", "login3"]),
+        ("a[1-2]-ib[0-1]", ["a1-ib0", "a1-ib1", "a2-ib0", "a2-ib1"]),
+        ("node-[001-002],gpu[3]", ["node-001", "node-002", "gpu3"]),
+    ],
+)
 def test_expand_nodelist(nodelist, hosts):
     assert expand_nodelist(nodelist) == hosts
 
@@ -53,14 +65,23 @@ def test_expand_nodelist_rejects_malformed(bad):
 
 
 def test_node_plan_local_without_a_multinode_step():
-    for env in ({}, {"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[01-02]",
-                     "SLURM_NODEID": "0"}):  # an sbatch/salloc shell: one process, no peers will come
+    for env in (
+        {},
+        {"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_NODEID": "0"},
+    ):  # an sbatch/salloc shell: one process, no peers will come
         plan = node_plan(8, env=env)
-        assert (plan.nnodes, plan.nproc_per_node, plan.node_rank, plan.rdzv_endpoint) == (1, 8, 0, "localhost:0")
+        assert (plan.nnodes, plan.nproc_per_node, plan.node_rank, plan.rdzv_endpoint) == (
+            1,
+            8,
+            0,
+            "localhost:0",
+        )
         assert plan.primary and primary_node(env)
         kw = plan.launch_kwargs()
         assert (kw["min_nodes"], kw["max_nodes"], kw["rdzv_backend"]) == (1, 1, "c10d")
-    assert node_plan(8, env={}).run_id != node_plan(8, env={}).run_id  # concurrent local launches never share one
+    assert (
+        node_plan(8, env={}).run_id != node_plan(8, env={}).run_id
+    )  # concurrent local launches never share one
 
 
 def test_node_plan_two_nodes_of_four_gpus():
@@ -84,12 +105,15 @@ def test_node_plan_one_process_plays_on_node_zero():
     assert (one.nproc_per_node, one.idle, one.primary) == (0, True, False)
 
 
-@pytest.mark.parametrize("world_size,env,message", [
-    (6, _step_env(0, nodes=4, nodelist="gpu[01-04]"), "does not split evenly over the step's 4 nodes"),
-    (8, _step_env(0, tasks=16), "set hydra.launcher.tasks_per_node=1"),
-    (8, {**_step_env(0), "SLURM_STEP_NODELIST": "", "SLURM_JOB_NODELIST": ""}, "no SLURM_STEP_NODELIST"),
-    (8, _step_env(0, nodelist="gpu01"), "do not describe a 2-node step"),
-])
+@pytest.mark.parametrize(
+    "world_size,env,message",
+    [
+        (6, _step_env(0, nodes=4, nodelist="gpu[01-04]"), "does not split evenly over the step's 4 nodes"),
+        (8, _step_env(0, tasks=16), "set hydra.launcher.tasks_per_node=1"),
+        (8, {**_step_env(0), "SLURM_STEP_NODELIST": "", "SLURM_JOB_NODELIST": ""}, "no SLURM_STEP_NODELIST"),
+        (8, _step_env(0, nodelist="gpu01"), "do not describe a 2-node step"),
+    ],
+)
 def test_node_plan_refuses_an_allocation_it_cannot_use(world_size, env, message):
     with pytest.raises(ClusterError, match=message):
         node_plan(world_size, env=env)
@@ -97,8 +121,11 @@ def test_node_plan_refuses_an_allocation_it_cannot_use(world_size, env, message)
 
 def test_slurm_preset_sizes_the_job_from_the_config():
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm_8gpu", "world_size=16", "bench.timeout_s=1800"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=["hydra/launcher=slurm_8gpu", "world_size=16", "bench.timeout_s=1800"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 8, 1)
@@ -132,11 +159,22 @@ _NODE = textwrap.dedent("""
 def test_two_nodes_meet_at_one_static_rendezvous(tmp_path):
     port, out = _free_port(), tmp_path / "out"
     out.mkdir()
-    nodes = [subprocess.Popen([sys.executable, "-c", _NODE, str(out), str(tmp_path / "logs")], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True,
-                              env={**_no_slurm_env(), **_step_env(n, nodelist="localhost,localhost"),
-                                   "MASTER_PORT": str(port), "PYTHONPATH": str(REPO)})
-             for n in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _NODE, str(out), str(tmp_path / "logs")],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **_no_slurm_env(),
+                **_step_env(n, nodelist="localhost,localhost"),
+                "MASTER_PORT": str(port),
+                "PYTHONPATH": str(REPO),
+            },
+        )
+        for n in (0, 1)
+    ]
     outputs = [node.communicate(timeout=240)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     assert sorted(p.name for p in out.iterdir()) == ["rank0of2_sum1", "rank1of2_sum1"]
@@ -145,12 +183,30 @@ def test_two_nodes_meet_at_one_static_rendezvous(tmp_path):
 def test_submitit_local_multirun_writes_one_row_per_point(tmp_path):
     sweep = tmp_path / "sweep"
     res = subprocess.run(
-        [sys.executable, "-m", "harness.run", "-m", "hydra/launcher=submitit_local", "method=ulysses", "model=tiny",
-         "world_size=2", "workload.seq_len=64,128", "bench.warmup=0", "bench.iters=1", f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**_no_slurm_env(), "PYTHONPATH": str(REPO)})
+        [
+            sys.executable,
+            "-m",
+            "harness.run",
+            "-m",
+            "hydra/launcher=submitit_local",
+            "method=ulysses",
+            "model=tiny",
+            "world_size=2",
+            "workload.seq_len=64,128",
+            "bench.warmup=0",
+            "bench.iters=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**_no_slurm_env(), "PYTHONPATH": str(REPO)},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert any((sweep / ".submitit").iterdir())  # the points ran as submitit jobs, not in Hydra's basic launcher
+    assert any(
+        (sweep / ".submitit").iterdir()
+    )  # the points ran as submitit jobs, not in Hydra's basic launcher
     df = load(sweep)
     assert sorted(df.seq_len) == [64, 128]
     assert (df.status == "ok").all(), df[["seq_len", "status", "error"]]

@@ -1,5 +1,6 @@
 """conf/sweep/: every experiment composes, and every point of its sweep is a valid problem (checked
 the way a job checks it, without starting ranks); the GPU emulate experiments run CPU-sized."""
+
 from __future__ import annotations
 
 import itertools
@@ -26,8 +27,17 @@ def points(experiment: str) -> list[list[str]]:
 
 
 def test_the_published_experiments_are_there():
-    assert {"odysseus_perf", "usp_table4", "usp_table6", "dsp_scaling", "lasp2_table6", "dryrun_1m",
-            "gpu_emulate", "gpu_emulate_video", "gpu_emulate_linear"} <= set(EXPERIMENTS)
+    assert {
+        "odysseus_perf",
+        "usp_table4",
+        "usp_table6",
+        "dsp_scaling",
+        "lasp2_table6",
+        "dryrun_1m",
+        "gpu_emulate",
+        "gpu_emulate_video",
+        "gpu_emulate_linear",
+    } <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -52,13 +62,24 @@ CPU_SIZED = {
 @pytest.mark.parametrize("experiment", CPU_SIZED)
 def test_gpu_emulate_runs_cpu_sized(tmp_path, experiment):
     sweep = tmp_path / "s"
-    res = harness_run("-m", f"+sweep={experiment}", *CPU_SIZED[experiment], "dtype=float32", "bench.warmup=0",
-                      "bench.iters=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    res = harness_run(
+        "-m",
+        f"+sweep={experiment}",
+        *CPU_SIZED[experiment],
+        "dtype=float32",
+        "bench.warmup=0",
+        "bench.iters=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/result.json"))]
     overridden = {o.split("=")[0] for o in CPU_SIZED[experiment]}  # a command-line value replaces its axis
-    assert len(rows) == len({tuple(o for o in point if o.split("=")[0] not in overridden)
-                             for point in points(experiment)})
+    assert len(rows) == len(
+        {tuple(o for o in point if o.split("=")[0] not in overridden) for point in points(experiment)}
+    )
     for row in rows:
         assert row["status"] == "ok" and row["mode"] == "emulate", (row["method"], row["error"])
-        assert row["comm_detail"] == row["theory_comm_detail"] and row["step_time_ms"] > row["compute_time_ms"]
+        assert (
+            row["comm_detail"] == row["theory_comm_detail"] and row["step_time_ms"] > row["compute_time_ms"]
+        )

@@ -12,6 +12,7 @@ ended in raw tracebacks, exit code 1, no row; `world_size=true`, `workload.seq_l
 (a ~32 GiB-per-rank llama3_8b real job on this 23 GiB CPU machine was launched); and a rank dead by
 SIGKILL was never `oom` ("signal 9" counted as a peer's echo).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,8 @@ from hydra import compose, initialize_config_dir
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from harness.groups import CONF_DIR
-from harness.run import _check_memory, classify_failure, execute
 from harness.problem import problem_from_cfg
+from harness.run import _check_memory, classify_failure, execute
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,26 +38,32 @@ def job(tmp_path: Path, *overrides: str) -> dict:
     return execute(cfg, tmp_path)
 
 
-@pytest.mark.parametrize("override,words", [
-    ("world_size=abc", "world_size='abc': Value 'abc' of type 'str' could not be converted to Integer"),
-    ("world_size=true", "world_size=True: Value 'True' of type 'bool' could not be converted to Integer"),
-    ("workload.seq_len=abc", "workload.seq_len='abc'"),
-    ("model.heads=abc", "model.heads='abc'"),
-    ("workload.batch_size=abc", "workload.batch_size='abc'"),
-    ("fault.rank=abc", "fault.rank='abc'"),
-    ("bench.timeout_s=abc", "bench.timeout_s='abc': Value 'abc' of type 'str' could not be converted to Float"),
-    ("verify=maybe", "verify='maybe'"),
-    ("workload.seq_len=0", "workload.seq_len must be at least 1, got 0"),
-    ("workload.seq_len=-8", "workload.seq_len must be at least 1, got -8"),
-    ("bench.iters=0", "bench.iters must be at least 1"),
-    ("bench.iters=-1", "bench.iters must be at least 1"),
-    ("bench.warmup=-1", "bench.warmup must be at least 0, got -1"),
-    ("bench.timeout_s=0", "bench.timeout_s must be positive"),
-    ("bench.timeout_s=-5", "bench.timeout_s must be positive"),
-    ("model.heads=0", "model.heads must be at least 1, got 0"),
-    ("fault.rank=2", "fault.rank must be a rank of the world (0..1), got 2"),
-    ("fault.rank=-1", "fault.rank must be a rank of the world (0..1), got -1"),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("world_size=abc", "world_size='abc': Value 'abc' of type 'str' could not be converted to Integer"),
+        ("world_size=true", "world_size=True: Value 'True' of type 'bool' could not be converted to Integer"),
+        ("workload.seq_len=abc", "workload.seq_len='abc'"),
+        ("model.heads=abc", "model.heads='abc'"),
+        ("workload.batch_size=abc", "workload.batch_size='abc'"),
+        ("fault.rank=abc", "fault.rank='abc'"),
+        (
+            "bench.timeout_s=abc",
+            "bench.timeout_s='abc': Value 'abc' of type 'str' could not be converted to Float",
+        ),
+        ("verify=maybe", "verify='maybe'"),
+        ("workload.seq_len=0", "workload.seq_len must be at least 1, got 0"),
+        ("workload.seq_len=-8", "workload.seq_len must be at least 1, got -8"),
+        ("bench.iters=0", "bench.iters must be at least 1"),
+        ("bench.iters=-1", "bench.iters must be at least 1"),
+        ("bench.warmup=-1", "bench.warmup must be at least 0, got -1"),
+        ("bench.timeout_s=0", "bench.timeout_s must be positive"),
+        ("bench.timeout_s=-5", "bench.timeout_s must be positive"),
+        ("model.heads=0", "model.heads must be at least 1, got 0"),
+        ("fault.rank=2", "fault.rank must be a rank of the world (0..1), got 2"),
+        ("fault.rank=-1", "fault.rank must be a rank of the world (0..1), got -1"),
+    ],
+)
 def test_a_wrong_value_is_an_invalid_row_naming_its_key(tmp_path, override, words):
     row = job(tmp_path, override)
     assert row["status"] == "invalid", row
@@ -66,18 +73,29 @@ def test_a_wrong_value_is_an_invalid_row_naming_its_key(tmp_path, override, word
 
 def test_typed_values_are_converted(tmp_path):
     from harness.schema import validate
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["world_size='2'", "bench.timeout_s=30", "fault.kind=nan", "+model.extra_knob=1"])
+        cfg = compose(
+            "config",
+            overrides=["world_size='2'", "bench.timeout_s=30", "fault.kind=nan", "+model.extra_knob=1"],
+        )
     typed = validate(cfg)
     assert typed.world_size == 2 and isinstance(typed.bench.timeout_s, float) and typed.fault.kind == "nan"
-    assert typed.model.extra_knob == 1 and "norm_eps" not in typed.model  # nothing added that the config lacks
+    assert (
+        typed.model.extra_knob == 1 and "norm_eps" not in typed.model
+    )  # nothing added that the config lacks
     assert typed.method == cfg.method
 
 
 def test_a_wrong_type_on_the_command_line_is_a_row_not_a_traceback(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "harness.run", "world_size=abc", f"hydra.run.dir={tmp_path / 'run'}"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    res = subprocess.run(
+        [sys.executable, "-m", "harness.run", "world_size=abc", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]  # 2: an invalid row
     row = json.loads((tmp_path / "run" / "result.json").read_text())
     assert row["status"] == "invalid" and row["error"].startswith("world_size='abc'")
@@ -93,7 +111,9 @@ def test_a_job_larger_than_a_rank_s_memory_is_refused(tmp_path):
 
 def test_allow_oversubscribe_lets_it_through():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        big = compose("config", overrides=["world_size=2", "model=llama3_8b", "bench.allow_oversubscribe=true"])
+        big = compose(
+            "config", overrides=["world_size=2", "model=llama3_8b", "bench.allow_oversubscribe=true"]
+        )
         small = compose("config", overrides=["world_size=2", "workload.seq_len=32"])
     _check_memory(big, problem_from_cfg(big), "gloo", 2)  # no exception
     _check_memory(small, problem_from_cfg(small), "gloo", 2)
@@ -103,10 +123,20 @@ def _failures(tmp_path: Path) -> dict[int, ProcessFailure]:
     """Rank 1 dead by SIGKILL without an error file; rank 0 lost its connection to it."""
     peer = tmp_path / "0" / "error.json"
     peer.parent.mkdir()
-    peer.write_text(json.dumps({"message": {"message": "RuntimeError: [pair.cc:553] Connection closed by peer",
-                                            "extraInfo": {"py_callstack": "", "timestamp": "0"}}}))
-    return {0: ProcessFailure(local_rank=0, pid=11, exitcode=1, error_file=str(peer)),
-            1: ProcessFailure(local_rank=1, pid=12, exitcode=-9, error_file=str(tmp_path / "1" / "error.json"))}
+    peer.write_text(
+        json.dumps(
+            {
+                "message": {
+                    "message": "RuntimeError: [pair.cc:553] Connection closed by peer",
+                    "extraInfo": {"py_callstack": "", "timestamp": "0"},
+                }
+            }
+        )
+    )
+    return {
+        0: ProcessFailure(local_rank=0, pid=11, exitcode=1, error_file=str(peer)),
+        1: ProcessFailure(local_rank=1, pid=12, exitcode=-9, error_file=str(tmp_path / "1" / "error.json")),
+    }
 
 
 def test_a_rank_killed_by_the_oom_killer_is_oom(tmp_path):
@@ -119,5 +149,7 @@ def test_a_rank_killed_by_the_oom_killer_is_oom(tmp_path):
 
 
 def test_a_sigkill_without_memory_pressure_is_an_error_of_that_rank(tmp_path):
-    status, reason = classify_failure(ChildFailedError("entry", _failures(tmp_path)), oom_kills=0, available_frac=0.6)
+    status, reason = classify_failure(
+        ChildFailedError("entry", _failures(tmp_path)), oom_kills=0, available_frac=0.6
+    )
     assert status == "error" and reason.startswith("rank 1 failed: Signal 9 (SIGKILL)"), reason

@@ -12,13 +12,14 @@ Which kernel runs: the first of PREFERENCE that `available_backends(device, dtyp
 within REL_TOL of the math path). The meta device stands in for a Hopper GPU: the CUDA kernels are
 bound there and run their aten ops' meta kernels (the meta-device tier, tests/test_meta_device.py).
 """
+
 from __future__ import annotations
 
 import functools
 import inspect
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ def _sum_kv(dk: torch.Tensor, rep: int) -> torch.Tensor:
 
 
 # ---- math: the float64 reference path (any device, any dtype) -------------------------------------
+
 
 def _math_scores(q, k, causal):
     s = torch.einsum("bqhd,bkhd->bhqk", q, k) * (1.0 / math.sqrt(q.shape[-1]))
@@ -88,14 +90,18 @@ def _math_bwd(dout, q, k, v, out, lse, causal):
 
 # ---- PyTorch's CPU flash kernel (all float dtypes, native GQA) ------------------------------------
 
+
 def _cpu_flash_fwd(q, k, v, causal):
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(_bhld(q), _bhld(k), _bhld(v), 0.0, causal)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        _bhld(q), _bhld(k), _bhld(v), 0.0, causal
+    )
     return _bhld(out), lse
 
 
 def _cpu_flash_bwd(dout, q, k, v, out, lse, causal):
     grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        _bhld(dout), _bhld(q), _bhld(k), _bhld(v), _bhld(out), lse.contiguous(), 0.0, causal)
+        _bhld(dout), _bhld(q), _bhld(k), _bhld(v), _bhld(out), lse.contiguous(), 0.0, causal
+    )
     return tuple(_bhld(g) for g in grads)
 
 
@@ -107,6 +113,7 @@ def _cpu_flash_bwd(dout, q, k, v, out, lse, causal):
 # The flash kernel takes fewer kv heads natively (and sums dK/dV over each group itself); the
 # efficient and cuDNN kernels get kv heads repeated and their gradients summed back.
 
+
 def _cuda_flash_fwd(q, k, v, causal):
     res = torch.ops.aten._scaled_dot_product_flash_attention(_bhld(q), _bhld(k), _bhld(v), 0.0, causal)
     return _bhld(res[0]), res[1]
@@ -115,8 +122,21 @@ def _cuda_flash_fwd(q, k, v, causal):
 def _cuda_flash_bwd(dout, q, k, v, out, lse, causal):
     seed = torch.empty(0, device=q.device, dtype=torch.int64)  # RNG state: only read when dropout > 0
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-        _bhld(dout.contiguous()), _bhld(q), _bhld(k), _bhld(v), _bhld(out.contiguous()), lse.contiguous(),
-        None, None, q.shape[1], k.shape[1], 0.0, causal, seed, seed)
+        _bhld(dout.contiguous()),
+        _bhld(q),
+        _bhld(k),
+        _bhld(v),
+        _bhld(out.contiguous()),
+        lse.contiguous(),
+        None,
+        None,
+        q.shape[1],
+        k.shape[1],
+        0.0,
+        causal,
+        seed,
+        seed,
+    )
     return _bhld(dq), _bhld(dk), _bhld(dv)
 
 
@@ -126,7 +146,8 @@ _EFFICIENT_LSE_ROWS = 32  # the efficient kernel's LSE rows come in blocks of 32
 def _cuda_efficient_fwd(q, k, v, causal):
     rep = q.shape[2] // k.shape[2]
     out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
-        _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), None, True, 0.0, causal)
+        _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), None, True, 0.0, causal
+    )
     return _bhld(out), lse[..., : q.shape[1]].contiguous()
 
 
@@ -138,8 +159,19 @@ def _cuda_efficient_bwd(dout, q, k, v, out, lse, causal):
     lse = F.pad(lse, (0, pad), value=math.inf).contiguous()
     seed = torch.zeros((), dtype=torch.int64, device=q.device)
     dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-        _bhld(dout.contiguous()), _bhld(q), _bhld(kr), _bhld(vr), None, _bhld(out.contiguous()), lse,
-        seed, seed, 0.0, [True, True, True, False], causal)
+        _bhld(dout.contiguous()),
+        _bhld(q),
+        _bhld(kr),
+        _bhld(vr),
+        None,
+        _bhld(out.contiguous()),
+        lse,
+        seed,
+        seed,
+        0.0,
+        [True, True, True, False],
+        causal,
+    )
     return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
 
 
@@ -153,7 +185,8 @@ def _cudnn_fwd(q, k, v, causal):
     global _cudnn_lse_ndim
     rep = q.shape[2] // k.shape[2]
     res = torch.ops.aten._scaled_dot_product_cudnn_attention(
-        _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), None, True, 0.0, causal)
+        _bhld(q), _bhld(_repeat_kv(k, rep)), _bhld(_repeat_kv(v, rep)), None, True, 0.0, causal
+    )
     _cudnn_lse_ndim = res[1].dim()
     return _bhld(res[0]), res[1].reshape(q.shape[0], q.shape[2], q.shape[1])
 
@@ -171,12 +204,27 @@ def _cudnn_bwd(dout, q, k, v, out, lse, causal):
     # defined seed/offset even without dropout: some releases convert them to int64 unconditionally
     seed = torch.zeros((), dtype=torch.int64, device=q.device)
     dq, dk, dv = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
-        _bhld(dout.contiguous()), _bhld(q), _bhld(kr), _bhld(vr), _bhld(out.contiguous()),
-        cudnn_raw_lse(lse), seed, seed, None, None, None, q.shape[1], k.shape[1], 0.0, causal)
+        _bhld(dout.contiguous()),
+        _bhld(q),
+        _bhld(kr),
+        _bhld(vr),
+        _bhld(out.contiguous()),
+        cudnn_raw_lse(lse),
+        seed,
+        seed,
+        None,
+        None,
+        None,
+        q.shape[1],
+        k.shape[1],
+        0.0,
+        causal,
+    )
     return _bhld(dq), _sum_kv(_bhld(dk), rep), _sum_kv(_bhld(dv), rep)
 
 
 # ---- flash-attn 2 and 3 (optional) ----------------------------------------------------------------
+
 
 def _params(fn: Callable) -> dict[str, inspect.Parameter]:
     """Parameters of a flash-attn entry point. Recent releases wrap them in torch.library.custom_op,
@@ -197,8 +245,13 @@ def _fa_kwargs(fn: Callable, **kw) -> dict:
 
 
 def _flash_attn_fwd(q, k, v, causal):
-    kw = _fa_kwargs(_fa._flash_attn_forward, dropout_p=0.0, softmax_scale=q.shape[-1] ** -0.5, causal=causal,
-                    return_softmax=False)
+    kw = _fa_kwargs(
+        _fa._flash_attn_forward,
+        dropout_p=0.0,
+        softmax_scale=q.shape[-1] ** -0.5,
+        causal=causal,
+        return_softmax=False,
+    )
     res = _fa._flash_attn_forward(q, k, v, **kw)
     # < 2.7 returns (out, q, k, v, out_padded, lse, S_dmask, rng_state), later (out, lse, S_dmask, rng_state)
     return res[0], res[-3]
@@ -206,8 +259,13 @@ def _flash_attn_fwd(q, k, v, causal):
 
 def _flash_attn_bwd(dout, q, k, v, out, lse, causal):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    kw = _fa_kwargs(_fa._flash_attn_backward, dropout_p=0.0, softmax_scale=q.shape[-1] ** -0.5, causal=causal,
-                    rng_state=None)
+    kw = _fa_kwargs(
+        _fa._flash_attn_backward,
+        dropout_p=0.0,
+        softmax_scale=q.shape[-1] ** -0.5,
+        causal=causal,
+        rng_state=None,
+    )
     _fa._flash_attn_backward(dout.contiguous(), q, k, v, out, lse.contiguous(), dq, dk, dv, **kw)
     return dq, dk, dv
 
@@ -217,9 +275,20 @@ def _fa3_call(fn: Callable, causal: bool, **known):
     releases: pass each by name, the ones we do not use as None. The causal flag is `is_causal` in the
     backward of releases since mid 2025 and `causal` elsewhere; the window is a pair or two ints."""
     params = _params(fn)
-    known.update(causal=causal, is_causal=causal, window_size_left=-1, window_size_right=-1,
-                 window_size=(-1, -1), softcap=0.0, deterministic=False, sm_margin=0, num_splits=1)
-    return fn(**{name: known.get(name) for name, p in params.items() if name in known or p.default is p.empty})
+    known.update(
+        causal=causal,
+        is_causal=causal,
+        window_size_left=-1,
+        window_size_right=-1,
+        window_size=(-1, -1),
+        softcap=0.0,
+        deterministic=False,
+        sm_margin=0,
+        num_splits=1,
+    )
+    return fn(
+        **{name: known.get(name) for name, p in params.items() if name in known or p.default is p.empty}
+    )
 
 
 def _flash_attn3_fwd(q, k, v, causal):
@@ -229,8 +298,20 @@ def _flash_attn3_fwd(q, k, v, causal):
 
 def _flash_attn3_bwd(dout, q, k, v, out, lse, causal):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _fa3_call(_fa3._flash_attn_backward, causal, dout=dout.contiguous(), q=q, k=k, v=v, out=out,
-              softmax_lse=lse.contiguous(), dq=dq, dk=dk, dv=dv, softmax_scale=q.shape[-1] ** -0.5)
+    _fa3_call(
+        _fa3._flash_attn_backward,
+        causal,
+        dout=dout.contiguous(),
+        q=q,
+        k=k,
+        v=v,
+        out=out,
+        softmax_lse=lse.contiguous(),
+        dq=dq,
+        dk=dk,
+        dv=dv,
+        softmax_scale=q.shape[-1] ** -0.5,
+    )
     return dq, dk, dv
 
 
@@ -257,7 +338,9 @@ def use_backend(name: str | None) -> None:
     "auto" goes back to the automatic choice."""
     global _forced
     if name not in (None, "auto") and name not in KERNELS:
-        raise ValueError(f"unknown attention backend {name!r}; choose auto or one of {', '.join(sorted(KERNELS))}")
+        raise ValueError(
+            f"unknown attention backend {name!r}; choose auto or one of {', '.join(sorted(KERNELS))}"
+        )
     _forced = None if name in (None, "auto") else name
 
 
@@ -275,10 +358,14 @@ def _candidates(device: torch.device, dtype: torch.dtype) -> list[str]:
     half = dtype in (torch.float16, torch.bfloat16)
     meta = device.type == "meta"
     major = META_CAPABILITY[0] if meta else torch.cuda.get_device_capability(device)[0]
-    ok = {"flash_attn3": _fa3 is not None and half and major == 9,
-          "flash_attn": _fa is not None and half and major >= 8,
-          "cudnn": half and major >= 8 and (meta or torch.backends.cudnn.is_available()),
-          "cuda_flash": half and major >= 8, "cuda_efficient": True, "math": True}
+    ok = {
+        "flash_attn3": _fa3 is not None and half and major == 9,
+        "flash_attn": _fa is not None and half and major >= 8,
+        "cudnn": half and major >= 8 and (meta or torch.backends.cudnn.is_available()),
+        "cuda_flash": half and major >= 8,
+        "cuda_efficient": True,
+        "math": True,
+    }
     return [name for name in PREFERENCE if ok[name]]
 
 
@@ -320,8 +407,10 @@ def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, head_
     for causal in (True, False):
         gen = torch.Generator(device="cpu").manual_seed(0)
         q = torch.randn(1, _CHECK_LENGTH, 4, head_dim, generator=gen).to(device=device, dtype=dtype)
-        k, v, dout = (torch.randn(1, _CHECK_LENGTH, h, head_dim, generator=gen).to(device=device, dtype=dtype)
-                      for h in (2, 2, 4))
+        k, v, dout = (
+            torch.randn(1, _CHECK_LENGTH, h, head_dim, generator=gen).to(device=device, dtype=dtype)
+            for h in (2, 2, 4)
+        )
         mask = "causal" if causal else "full"
         ref_out, ref_lse = _math_fwd(q, k, v, causal)
         ref_grads = _math_bwd(dout, q, k, v, ref_out, ref_lse, causal)
@@ -383,13 +472,19 @@ def backend_name(device: torch.device, dtype: torch.dtype, head_dim: int = 64) -
     (ValueError when it cannot run here or fails its self-check) or the best available."""
     if _forced is not None:
         if _forced not in _candidates(device, dtype):
-            raise ValueError(f"attention backend {_forced!r} cannot run {dtype} on {device.type}; "
-                             f"usable here: {', '.join(available_backends(device, dtype, head_dim))}")
+            raise ValueError(
+                f"attention backend {_forced!r} cannot run {dtype} on {device.type}; "
+                f"usable here: {', '.join(available_backends(device, dtype, head_dim))}"
+            )
         if not _usable(_forced, device, dtype, head_dim):
-            raise ValueError(f"attention backend {_forced!r} failed its self-check on {device} {dtype} "
-                             f"head_dim={head_dim} (the warning says why)")
+            raise ValueError(
+                f"attention backend {_forced!r} failed its self-check on {device} {dtype} "
+                f"head_dim={head_dim} (the warning says why)"
+            )
         return _forced
-    return next(n for n in _candidates(device, dtype) if _usable(n, device, dtype, head_dim))  # math qualifies
+    return next(
+        n for n in _candidates(device, dtype) if _usable(n, device, dtype, head_dim)
+    )  # math qualifies
 
 
 def choose_backend(q: torch.Tensor) -> str:
@@ -397,7 +492,9 @@ def choose_backend(q: torch.Tensor) -> str:
     return backend_name(q.device, q.dtype, q.shape[-1])
 
 
-def attn_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def attn_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse) of softmax attention; see the module docstring for shapes."""
     return KERNELS[choose_backend(q)][0](q, k, v, causal)
 
@@ -412,8 +509,9 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def merge_lse(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor,
-              block_lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_lse(
+    out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine attention over two disjoint key sets: (out [B, L, H, D], lse [B, H, L]) so far and a
     new block's. The sigmoid form never exponentiates a large LSE difference."""
     block_lse = block_lse.to(lse.dtype)

@@ -1,11 +1,11 @@
 """Differentiable collectives shared by the methods. Each forward collective's backward is its
 conjugate (all-to-all <-> inverse all-to-all, all-gather <-> reduce-scatter), so a method's backward
 traffic follows from its forward by construction."""
+
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
 
 # torch >= 2.13 names them *_single; the *_tensor spellings remain (deprecated) for older releases
 _all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
@@ -17,6 +17,7 @@ def group_size(group: dist.ProcessGroup | None) -> int:
 
 
 # ---- sequence <-> head all-to-all (Ulysses) -------------------------------------------------------
+
 
 def _seq_to_heads(x: torch.Tensor, group) -> torch.Tensor:
     """[B, L/N, H, D] (all heads, a sequence shard) -> [B, L, H/N, D] (a head group, all tokens)."""
@@ -74,6 +75,7 @@ def heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 # ---- all-gather / reduce-scatter along a dimension ------------------------------------------------
 
+
 def all_gather_dim(x: torch.Tensor, dim: int, group) -> torch.Tensor:
     """Concatenate every rank's x along `dim`, in group-rank order (one all-gather of n*x bytes)."""
     n = group_size(group)
@@ -104,7 +106,9 @@ def all_gather_async(x: torch.Tensor, group) -> tuple[torch.Tensor, dist.Work | 
     if n == 1:
         out[0] = x
         return out, None
-    return out, _all_gather(out.view(n * x.shape[0], *x.shape[1:]), x.contiguous(), group=group, async_op=True)
+    return out, _all_gather(
+        out.view(n * x.shape[0], *x.shape[1:]), x.contiguous(), group=group, async_op=True
+    )
 
 
 class _GatherSeq(torch.autograd.Function):
@@ -143,6 +147,7 @@ def reduce_scatter_seq(x: torch.Tensor, group: dist.ProcessGroup, dim: int = 1) 
 
 # ---- gradient synchronisation of replicated parameters ---------------------------------------------
 
+
 def sum_grads(params: list[torch.nn.Parameter], group: dist.ProcessGroup) -> None:
     """SUM-all-reduce the gradients of parameters replicated over `group` whose ranks saw disjoint
     tokens, as one flat all-reduce (what a DDP bucket does)."""
@@ -153,5 +158,5 @@ def sum_grads(params: list[torch.nn.Parameter], group: dist.ProcessGroup) -> Non
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     offset = 0
     for g in grads:
-        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()

@@ -3,6 +3,7 @@
 One frozen `Problem` is built from the Hydra config in the parent process (validated before any rank
 starts) and handed to every rank, to the cost models and to the reference block alike.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -13,7 +14,12 @@ import torch
 
 from .options import MethodOptions, parse
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 class InvalidConfig(ValueError):
@@ -70,9 +76,13 @@ class Problem:
         if isinstance(self.options, Mapping):
             import methods  # the registry imports this module: resolved when a Problem is made
 
-            object.__setattr__(self, "options", parse(methods.options_class(self.method), self.method, self.options))
+            object.__setattr__(
+                self, "options", parse(methods.options_class(self.method), self.method, self.options)
+            )
         elif not isinstance(self.options, MethodOptions):
-            raise TypeError(f"Problem.options must be a mapping or MethodOptions, got {type(self.options).__name__}")
+            raise TypeError(
+                f"Problem.options must be a mapping or MethodOptions, got {type(self.options).__name__}"
+            )
 
     @property
     def on_gpu(self) -> bool:

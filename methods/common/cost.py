@@ -5,6 +5,7 @@ measures it and by the cost models that predict it (so both speak the same units
     all_to_all      (n-1)/n x input bytes       all_reduce      2(n-1)/n x bytes
     send            bytes sent (recv counts 0)   broadcast       bytes
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -32,20 +33,20 @@ class CommCost:
     def __init__(self) -> None:
         self.bytes: dict[str, dict[str, Fraction]] = {p: defaultdict(Fraction) for p in PHASES}
 
-    def add(self, phase: str, kind: str, full_bytes: int, n: int, times: int = 1) -> "CommCost":
+    def add(self, phase: str, kind: str, full_bytes: int, n: int, times: int = 1) -> CommCost:
         """Add `times` collectives of `kind` over `n` ranks, each of `full_bytes`. Groups of one rank
         move nothing, so they add nothing (methods skip those collectives too)."""
         if n > 1 and times:
             self.bytes[phase][kind] += times * bus_bytes(kind, full_bytes, n)
         return self
 
-    def __add__(self, other: "CommCost") -> "CommCost":
+    def __add__(self, other: CommCost) -> CommCost:
         out = CommCost()
         out += self
         out += other
         return out
 
-    def __iadd__(self, other: "CommCost") -> "CommCost":
+    def __iadd__(self, other: CommCost) -> CommCost:
         for phase in PHASES:
             for kind, b in other.bytes[phase].items():
                 self.bytes[phase][kind] += b

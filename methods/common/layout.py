@@ -2,10 +2,11 @@
 into the token axis; sharding is `index_select`, reassembly is the inverse scatter, and RoPE reads
 its positions from the same indices, so positions always follow the layout. Index tensors live on
 the CPU (they are bookkeeping); whoever applies one to data moves it to the data's device."""
+
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -16,10 +17,12 @@ from .config import InvalidConfig
 def real_indices(layout: Callable[..., list[torch.Tensor]]) -> Callable[..., list[torch.Tensor]]:
     """Decorates a method's layout: index tensors are metadata that code reads as numbers, so they
     stay real tensors even inside a dryrun's fake-tensor mode."""
+
     @functools.wraps(layout)
     def real(*args, **kwargs) -> list[torch.Tensor]:
         with unset_fake_temporarily():
             return layout(*args, **kwargs)
+
     return real
 
 
@@ -47,8 +50,10 @@ CHUNKS_PER_RANK = {"contiguous": 1, "basic": 1, "zigzag": 2, "stripe": 1}
 def check_divisible(name: str, length: int, n: int) -> None:
     chunks = CHUNKS_PER_RANK[name] * n
     if length % chunks:
-        raise InvalidConfig(f"seq_len {length} is not divisible by {chunks} "
-                            f"(layout {name!r} over {n} ranks needs {chunks} equal chunks)")
+        raise InvalidConfig(
+            f"seq_len {length} is not divisible by {chunks} "
+            f"(layout {name!r} over {n} ranks needs {chunks} equal chunks)"
+        )
 
 
 def make(name: str, length: int, n: int) -> list[torch.Tensor]:

@@ -6,6 +6,7 @@
     act    what the forward leaves alive for the backward: saved activations and the output
     grad   the rank's parameter gradients and the input gradient, after the step
 """
+
 from __future__ import annotations
 
 import math
@@ -87,13 +88,15 @@ def rope_act(positions: int, head_dim: int, elem: int) -> int:
     return positions * head_dim * elem
 
 
-def softmax_core_act(batch: int, q_rows: int, heads: int, kv_rows: int, kv_heads: int, head_dim: int,
-                     dtype: torch.dtype) -> int:
+def softmax_core_act(
+    batch: int, q_rows: int, heads: int, kv_rows: int, kv_heads: int, head_dim: int, dtype: torch.dtype
+) -> int:
     """The attention autograd functions' saved q [B, Lq, H, D], k and v [B, Lk, Hkv, D], output and
     LSE [B, H, Lq] (accumulation dtype)."""
     e = dtype.itemsize
-    return (batch * head_dim * e * (2 * q_rows * heads + 2 * kv_rows * kv_heads)
-            + batch * heads * q_rows * acc_bytes(dtype))
+    return batch * head_dim * e * (
+        2 * q_rows * heads + 2 * kv_rows * kv_heads
+    ) + batch * heads * q_rows * acc_bytes(dtype)
 
 
 def llama_layer_act(p: Problem, tokens: int, positions: int, attention: int, mlp: int | None = None) -> int:
@@ -104,7 +107,12 @@ def llama_layer_act(p: Problem, tokens: int, positions: int, attention: int, mlp
     m, e = p.model, p.elem_bytes
     if mlp is None:
         mlp = swiglu_act(tokens, m.ffn_hidden, e)
-    return 2 * rms_norm_act(tokens, m.hidden, p.torch_dtype) + rope_act(positions, m.head_dim, e) + mlp + attention
+    return (
+        2 * rms_norm_act(tokens, m.hidden, p.torch_dtype)
+        + rope_act(positions, m.head_dim, e)
+        + mlp
+        + attention
+    )
 
 
 def decay_buffers(p: Problem, heads: int) -> int:
@@ -125,11 +133,14 @@ def replicated_param(p: Problem, block_shapes: list[tuple[int, ...]], positions_
         per_layer = sum(-(-s[0] // n) * math.prod(s[1:]) for s in block_shapes)
     else:
         per_layer = sum(math.prod(s) for s in block_shapes)
-    return layers * per_layer * p.elem_bytes + positions_storage * INDEX_BYTES + decay_buffers(p, p.model.heads)
+    return (
+        layers * per_layer * p.elem_bytes + positions_storage * INDEX_BYTES + decay_buffers(p, p.model.heads)
+    )
 
 
-def replicated_memory(p: Problem, block_shapes: list[tuple[int, ...]], tokens: int, positions_storage: int,
-                      layer_act: list[int]) -> MemCost:
+def replicated_memory(
+    p: Problem, block_shapes: list[tuple[int, ...]], tokens: int, positions_storage: int, layer_act: list[int]
+) -> MemCost:
     """A stack whose weights are replicated (or ZeRO-3 sharded) over the ranks, run on `tokens` local
     rows of width d (ReplicatedSequenceModel and the like): `layer_act` holds each layer's saved
     activations without the residual stream, which this adds."""
@@ -137,9 +148,12 @@ def replicated_memory(p: Problem, block_shapes: list[tuple[int, ...]], tokens: i
     stream = tokens * d * e
     param = replicated_param(p, block_shapes, positions_storage)
     weights = param - positions_storage * INDEX_BYTES - decay_buffers(p, p.model.heads)
-    return MemCost(param=param, input=2 * stream,
-                   act=sum(layer_act) + residual_act(tokens, d, len(layer_act), p.torch_dtype),
-                   grad=weights + stream)
+    return MemCost(
+        param=param,
+        input=2 * stream,
+        act=sum(layer_act) + residual_act(tokens, d, len(layer_act), p.torch_dtype),
+        grad=weights + stream,
+    )
 
 
 def positions_storage(length: int, n: int) -> int:
@@ -148,8 +162,16 @@ def positions_storage(length: int, n: int) -> int:
     return length // n
 
 
-def linear_kernel_act(batch: int, length: int, heads: int, head_dim: int, dtype: torch.dtype, causal: bool,
-                      decay: bool, chunk: int = 64) -> int:
+def linear_kernel_act(
+    batch: int,
+    length: int,
+    heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    causal: bool,
+    decay: bool,
+    chunk: int = 64,
+) -> int:
     """What LinearKernel (linear_attention.py) keeps on q/k/v [B, length, heads, D] (kv heads already
     repeated to `heads`), its output excluded: its torch path, the one CPU runs and dryruns take (the
     optional fla kernel on CUDA keeps its own). G = B*heads; causal runs cut the sequence into
@@ -190,6 +212,7 @@ def linear_kernel_act(batch: int, length: int, heads: int, head_dim: int, dtype:
 # stays alive; which storage that is (the previous block's output, or a copy a reshape or exchange
 # made) is the method's business, so the terms below leave a block's input and output to the caller.
 
+
 def layer_norm_act(tokens: int, hidden: int, elem: int, stats_elem: int) -> int:
     """One LayerNorm on `tokens` rows, its saved input excluded: the mean and rstd [T, 1] of
     `stats_elem` bytes (the input dtype on CPU, float32 for half inputs on CUDA) and the normalised
@@ -229,8 +252,14 @@ def adaln_block_act(p: Problem, tokens: int) -> int:
     return 4 * tokens * d * e + 2 * b * d * e + 6 * b * d * e
 
 
-def video_block_act(p: Problem, tokens: int, positions: int, attention: int, mlp: int | None = None,
-                    qk_norm: int | None = None) -> int:
+def video_block_act(
+    p: Problem,
+    tokens: int,
+    positions: int,
+    attention: int,
+    mlp: int | None = None,
+    qk_norm: int | None = None,
+) -> int:
     """Saved activations of one VideoBlock on `tokens` local rows: both LayerNorms, the residual sum
     between them (the second norm's input), RoPE tables at `positions` (0: none), the GELU MLP (or
     `mlp`, when the method splits it otherwise), the qk-norms of the model's `qk_norm` on q and k of

@@ -1,6 +1,7 @@
 """The reference stack run on one rank's tokens with replicated weights and a distributed attention
 core: the shape shared by every method that only changes how attention sees the sequence
 (Ulysses, Ring, USP, all-gather CP, ...)."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,17 @@ from .zero3 import full_grad, shard_, unit_cost
 class ReplicatedSequenceModel(nn.Module):
     """With `zero3` every block is one FSDP2 unit (see zero3.py) instead of a replica."""
 
-    def __init__(self, reference: nn.Module, positions: torch.Tensor, causal: bool, core: AttentionCore,
-                 group: dist.ProcessGroup, dtype: torch.dtype, device: torch.device, zero3: bool = False):
+    def __init__(
+        self,
+        reference: nn.Module,
+        positions: torch.Tensor,
+        causal: bool,
+        core: AttentionCore,
+        group: dist.ProcessGroup,
+        dtype: torch.dtype,
+        device: torch.device,
+        zero3: bool = False,
+    ):
         super().__init__()
         self.model = copy_to(reference, device, dtype)
         self.register_buffer("positions", positions.to(device), persistent=False)

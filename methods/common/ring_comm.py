@@ -1,6 +1,7 @@
 """The ring's one communication pattern: send to the next rank of a group and receive from the
 previous one, posted as a single batch (so no blocking send can deadlock) and waited on later (so
 the transfer overlaps whatever is computed in between)."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,10 @@ class RingComm:
     def send_recv(self, tensor: torch.Tensor) -> torch.Tensor:
         """Queue sending `tensor` forward; returns the buffer the previous rank's tensor lands in."""
         recv = torch.empty_like(tensor)
-        self._ops += [dist.P2POp(dist.isend, tensor.contiguous(), self.next, self.group),
-                      dist.P2POp(dist.irecv, recv, self.prev, self.group)]
+        self._ops += [
+            dist.P2POp(dist.isend, tensor.contiguous(), self.next, self.group),
+            dist.P2POp(dist.irecv, recv, self.prev, self.group),
+        ]
         return recv
 
     def commit(self) -> None:

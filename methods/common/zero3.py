@@ -1,6 +1,7 @@
 """ZeRO-3 through FSDP2: parameters sharded over the SP group, gathered for forward, gathered again
 for backward (resharded after forward), gradients reduce-scattered with SUM semantics (the ranks hold
 disjoint tokens of one batch, so their gradients add up; FSDP2's default would average them)."""
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,8 @@ def shard_(module: nn.Module, group: dist.ProcessGroup, device: torch.device) ->
         raise NotImplementedError(
             "ZeRO-3 cannot run on the meta device: FSDP2 refuses meta parameters (it wants them "
             "materialised before training). The nearest check runs it on CPU with meta as the default "
-            "device, so a tensor made without the device of its data fails there (tests/test_meta_device.py)")
+            "device, so a tensor made without the device of its data fails there (tests/test_meta_device.py)"
+        )
     with unset_fake_temporarily():  # the mesh keeps its rank map as real tensors (mode=dryrun)
         mesh = DeviceMesh.from_group(group, device.type)
     fully_shard(module, mesh=mesh, reshard_after_forward=True)
@@ -48,5 +50,9 @@ def unit_cost(p: Problem, shapes: list[tuple[int, ...]], units: int = 1) -> Comm
     """`units` FSDP2 units with these parameter shapes: all-gather forward, all-gather again in
     backward, reduce-scatter of the gradients."""
     full, n = unit_bytes(shapes, p.world_size, p.elem_bytes), p.world_size
-    return (CommCost().add("fwd", "all_gather", full, n, times=units)
-            .add("bwd", "all_gather", full, n, times=units).add("bwd", "reduce_scatter", full, n, times=units))
+    return (
+        CommCost()
+        .add("fwd", "all_gather", full, n, times=units)
+        .add("bwd", "all_gather", full, n, times=units)
+        .add("bwd", "reduce_scatter", full, n, times=units)
+    )
