@@ -1,7 +1,8 @@
 """The Hydra config groups on disk, and the check that turns an unknown choice (method=foo), an
 unknown option or a method that failed to import into an `invalid` row instead of a Hydra
 composition error that leaves no row behind. Importing this module registers every method's option
-schema (`<method>_schema`, named in the defaults list of its conf/method/ files) in Hydra's ConfigStore."""
+schema (`/method_schema/<method>`, named in the defaults list of its conf/method/ files) in Hydra's
+ConfigStore."""
 
 from __future__ import annotations
 
@@ -26,14 +27,17 @@ def options(group: str) -> list[str]:
 
 
 def method_name(choice: str) -> str:
-    """The method a conf/method/ file configures: the `name` it sets, or the `<method>_schema` its
-    defaults list leads to."""
+    """The method a conf/method/ file configures: the `name` it sets, or the schema
+    (`/method_schema/<method>@_here_`) its defaults list leads to."""
     cfg = OmegaConf.load(CONF_DIR / "method" / f"{choice}.yaml")
     if "name" in cfg:
         return cfg.name
     for entry in cfg.get("defaults", []):
         if entry != "_self_":
-            return entry.removesuffix("_schema") if entry.endswith("_schema") else method_name(entry)
+            schema = f"/{methods.SCHEMA_GROUP}/"
+            if entry.startswith(schema):
+                return entry.removeprefix(schema).partition("@")[0]
+            return method_name(entry)
     raise ValueError(f"conf/method/{choice}.yaml sets no name and names no schema in its defaults list")
 
 

@@ -58,6 +58,8 @@ class Method:
 REGISTRY: dict[str, list[Method]] = {}
 # package name -> why it failed to import (the last line of its traceback)
 BROKEN: dict[str, str] = {}
+# the ConfigStore group of the method schemas: conf/method/<m>.yaml starts from /method_schema/<m>
+SCHEMA_GROUP = "method_schema"
 
 
 def register(method: Method) -> Method:
@@ -67,9 +69,10 @@ def register(method: Method) -> Method:
             raise ValueError(f"method {method.name!r} registered twice for the same workload and model kind")
         if other.options is not method.options:
             raise ValueError(f"method {method.name!r}: every variant must take the same options class")
-    if not variants:  # the schema of conf/method/<name>.yaml (its defaults list names `<name>_schema`)
+    if not variants:  # the schema of conf/method/<name>.yaml (its defaults list names it)
+        # a group of its own, so that `method=glob(...)` in a sweep never picks a schema
         ConfigStore.instance().store(
-            group="method", name=f"{method.name}_schema", node=opts.schema(method.options, method.name)
+            group=SCHEMA_GROUP, name=method.name, node=opts.schema(method.options, method.name)
         )
     REGISTRY.setdefault(method.name, []).append(method)
     return method

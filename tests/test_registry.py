@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,27 @@ def test_a_method_that_fails_to_import_is_reported_while_the_others_run():
         env=env,
     )
     assert alone.returncode == 0, alone.stderr[-3000:]
+
+
+def test_a_method_glob_in_a_sweep_picks_method_files_only(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.run",
+            "-m",
+            "method=glob(ulysses*)",
+            "mode=dryrun",
+            "workload.seq_len=64",
+            "world_size=2",
+            f"hydra.sweep.dir={tmp_path}",
+            "hydra/job_logging=none",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"^sweep: 2 ok -> ", out.stdout, re.M), out.stdout  # no third point, no failure
