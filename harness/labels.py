@@ -18,6 +18,8 @@ OPTION_COLUMNS = [
     "zero3",
     "video_attention",
     "decay",
+    "adaln",  # video block conventions (model.adaln, model.qk_norm): None outside video models
+    "qk_norm",
 ]
 # the row fields that together name one configuration: rows equal on all of them are repeats of one point
 CONFIG_COLUMNS = [
@@ -29,6 +31,12 @@ CONFIG_COLUMNS = [
     "batch_size",
     "model",
     "layers",
+    "hidden",  # the model's shape, which a command line may change under one model name
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "ffn_hidden",
+    "causal",
     "dtype",
     "mode",
     *OPTION_COLUMNS,
@@ -56,8 +64,7 @@ def label(row: Mapping[str, Any]) -> str:
     parts += [
         str(opts[name]) for name in ("layout", "placement", "video_attention", "decay") if _set(opts[name])
     ]
-    if _set(opts["zero3"]):
-        parts.append("zero3")
+    parts += [name for name in ("zero3", "adaln", "qk_norm") if _set(opts[name])]
     return " ".join(parts)
 
 

@@ -47,7 +47,18 @@ PROVENANCE = [
 ]
 PANEL = ["model", "layers", "hardware", "mode"]  # never mixed on one axis
 SIZE = ["seq_len", "frames", "spatial"]  # the x axis (tokens per step)
-SHOWN_IN_SERIES = {"world_size": "N={}", "batch_size": "B={}", "dtype": "{}"}  # named when they vary
+# named in the series when they vary within a panel (everything else in CONFIG_COLUMNS is in the label)
+SHOWN_IN_SERIES = {
+    "world_size": "N={}",
+    "batch_size": "B={}",
+    "dtype": "{}",
+    "causal": "causal={}",
+    "hidden": "d={}",
+    "heads": "H={}",
+    "kv_heads": "kv={}",
+    "head_dim": "hd={}",
+    "ffn_hidden": "ffn={}",
+}
 MARKERS = "osD^v<>p"
 
 

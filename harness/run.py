@@ -97,6 +97,9 @@ def resolved_options(problem: Problem) -> dict:
     if problem.model.kind in ("linear", "hybrid"):  # the decay table's name (model.decay_rule), or False
         extra = problem.model.extra
         options["decay"] = extra.get("decay_rule") if extra.get("decay") else False
+    if problem.model.kind == "video":
+        options["adaln"] = bool(problem.model.extra.get("adaln"))
+        options["qk_norm"] = bool(problem.model.extra.get("qk_norm"))
     return options
 
 

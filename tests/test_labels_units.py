@@ -29,6 +29,8 @@ from harness.units import fmt, fmt_tokens, unit_for
         ({"method": "ulysses", "zero3": False, "layout": float("nan"), "video_attention": None}, "ulysses"),
         ({"method": "ulysses", "video_attention": "all"}, "ulysses all"),
         ({"method": "lasp2", "decay": "retnet"}, "lasp2 retnet"),
+        ({"method": "dsp", "adaln": True, "qk_norm": True}, "dsp adaln qk_norm"),
+        ({"method": "dsp", "adaln": False, "qk_norm": None}, "dsp"),
     ],
 )
 def test_label_names_what_is_set(row, expected):

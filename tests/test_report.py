@@ -122,6 +122,18 @@ def test_two_usp_splits_are_two_series(tmp_path):
     assert "usp u2xr4 zigzag ulysses_inner" in md and "usp u4xr2 zigzag ulysses_inner" in md
 
 
+def test_rows_differing_only_in_causality_or_kv_heads_are_separate_series(tmp_path):
+    rows = [_usp_row(2, 4, L, causal=c, kv_heads=8) for L in (32768, 131072) for c in (True, False)]
+    rows += [_usp_row(2, 4, L, causal=True, kv_heads=2) for L in (32768, 131072)]
+    _write(tmp_path, rows)
+    series = report.series(load(tmp_path))
+    assert series.groupby("series").size().to_dict() == {
+        "usp u2xr4 zigzag ulysses_inner causal=True kv=8": 2,
+        "usp u2xr4 zigzag ulysses_inner causal=False kv=8": 2,
+        "usp u2xr4 zigzag ulysses_inner causal=True kv=2": 2,
+    }
+
+
 def test_fit_boundary_only_when_rows_carry_it(tmp_path):
     capacity = 80 * 2**30
     rows = [_usp_row(2, 4, L, mem_capacity_bytes=capacity, fits=bool(L < 2**20)) for L in (32768, 2**21)]
