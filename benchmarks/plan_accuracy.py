@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from harness.plan import calibrate_here, candidates, predict
+from harness.plan import calibrate_here, candidates, predict, probe_problem
 from harness.projection import comm_seconds
+from harness.work import step_work
 from harness.worker import Job, entry_single
 from methods.common.config import ModelConfig, Problem, Workload
 from methods.common.options import MethodOptions
@@ -67,12 +68,20 @@ def main() -> None:
     hardware = OmegaConf.load(ROOT / "conf" / "hardware" / "cpu.yaml")
     rows, profiles = [], {}
     for name, (model, seq_len) in MODELS.items():
-        profile = calibrate_here("float32", model=model, seq_len=seq_len, world_size=WORLD)
-        profiles[name] = profile.to_json()
         problems = configurations(model, seq_len)
         jobs = [Job(p, mode="emulate", play_rank=WORLD - 1, warmup=1, iters=args.iters) for p in problems]
-        # rounds over all configurations: a burst of other work slows one round, not one configuration
-        rounds = [entry_single(jobs) for _ in range(args.rounds)]
+        # rounds of a calibration and all configurations: a burst of other work slows one round, not
+        # one configuration or the calibration alone. Each side keeps its quietest: the steps their
+        # fastest, the calibration the round whose probe step its profile predicts fastest.
+        calibrations, rounds = [], []
+        for _ in range(args.rounds):
+            calibrations.append(calibrate_here("float32", model=model, seq_len=seq_len, world_size=WORLD))
+            rounds.append(entry_single(jobs))
+        probe = step_work(probe_problem(model, seq_len, WORLD, "float32", "cpu"))
+        profile = min(
+            calibrations, key=lambda c: c.seconds(probe.work, probe.calls, model.layers, probe.causal_work)
+        )
+        profiles[name] = profile.to_json()
         for i, p in enumerate(problems):
             result = rounds[0][i]
             cpu_times = [t for r in rounds for t in r[i]["step_cpu_times_s"]]

@@ -530,6 +530,13 @@ def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
 PROBE_MODEL = ModelConfig("tiny", hidden=64, heads=8, kv_heads=4, head_dim=8, ffn_hidden=128, layers=2)
 
 
+def probe_problem(model: ModelConfig, seq_len: int, world_size: int, dtype: str, device: str) -> Problem:
+    """The whole step calibrate_here measures: Ulysses over two ranks, each with a rank's share of
+    `seq_len` over `world_size`."""
+    share = seq_len // world_size
+    return Problem("ulysses", model, Workload(batch_size=1, seq_len=2 * share), 2, dtype, {}, device=device)
+
+
 def calibrate_here(
     dtype: str,
     quick: bool = False,
@@ -554,9 +561,7 @@ def calibrate_here(
     share = seq_len // world_size
     lengths = sorted({max(1, share // 2), share, seq_len // 2, seq_len} - {0})
     isolated = calibration.calibrate(device, dtype, 0.0, quick, model.heads, model.head_dim, lengths)
-    probe = Problem(
-        "ulysses", model, Workload(batch_size=1, seq_len=2 * share), 2, dtype, {}, device=device.type
-    )
+    probe = probe_problem(model, seq_len, world_size, dtype, device.type)
     with tempfile.TemporaryDirectory() as trace_dir:
         [result] = entry_single(
             [Job(probe, mode="emulate", warmup=2, iters=10 if quick else 30, profile_dir=trace_dir)]
