@@ -234,7 +234,7 @@ def predict(
     train = training_state_bytes(p, optimizer, recompute, memory)
     comm = comm_by_link(p, hardware)
     work = step_work(p)
-    compute_s = profile.seconds(work.work, work.calls, p.model.layers)
+    compute_s = profile.seconds(work.work, work.calls, p.model.layers, work.causal_work)
     comm_s = comm["comm_s"]
     if recompute == "full":
         compute_s += compute_s / (1 + BACKWARD)
@@ -491,7 +491,8 @@ def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if not profile.calibrated:
         print(
             f"compute times UNCALIBRATED: default efficiencies of {cfg.hardware.name}'s peak "
-            f"(harness/calibration.py DEFAULT_EFFICIENCY); run `python -m harness.plan calibrate` on the device"
+            "(harness/calibration.py DEFAULT_EFFICIENCY); "
+            "run `python -m harness.plan calibrate` on the device"
         )
     if memory_bytes is None:
         print("no device memory known (hardware.memory_GiB or plan.memory_GiB): `fits` is not checked")
@@ -525,26 +526,70 @@ def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     return table
 
 
-# the block whose whole emulate steps measure the per-layer overhead: small enough that the overhead,
-# not its kernels, is most of its time (conf/model/tiny.yaml)
+# the default block to calibrate with (conf/model/tiny.yaml): small enough for any CPU
 PROBE_MODEL = ModelConfig("tiny", hidden=64, heads=8, kv_heads=4, head_dim=8, ffn_hidden=128, layers=2)
 
 
-def calibrate_here(dtype: str, quick: bool = False, model: ModelConfig = PROBE_MODEL) -> calibration.Profile:
-    """Kernel rates on the local device (the GPU when there is one), and the per-layer overhead: what
-    a whole emulate step of `model` on one rank takes beyond its kernels' predicted time."""
+def probe_problem(model: ModelConfig, seq_len: int, world_size: int, dtype: str, device: str) -> Problem:
+    """The whole step calibrate_here measures: Ulysses over two ranks, each with a rank's share of
+    `seq_len` over `world_size`."""
+    share = seq_len // world_size
+    return Problem("ulysses", model, Workload(batch_size=1, seq_len=2 * share), 2, dtype, {}, device=device)
+
+
+def calibrate_here(
+    dtype: str,
+    quick: bool = False,
+    model: ModelConfig = PROBE_MODEL,
+    seq_len: int = 256,
+    world_size: int = 2,
+) -> calibration.Profile:
+    """Kernel rates on the local device (the GPU when there is one) at the shapes a plan of `model` at
+    `seq_len` over `world_size` ranks runs. Attention: isolated kernels at the model's heads and head
+    size over the whole length and the blocks of a rank's share. GEMMs and elementwise ops: inside a
+    whole emulate step of Ulysses over two ranks, each holding a rank's share of tokens, split by
+    kernel class with torch.profiler; isolated kernels run with warm caches and, on CPU, faster than
+    the same GEMMs do between the norms, copies and activations of a real step. The per-layer
+    overhead is what that step takes beyond its kernels' predicted time (Python and autograd)."""
+    import tempfile
+
     import torch
 
     from .worker import Job, entry_single
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    profile = calibration.calibrate(device, dtype, 0.0, quick=quick)
-    probe = Problem("ulysses", model, Workload(batch_size=1, seq_len=128), 1, dtype, {}, device=device.type)
-    [result] = entry_single([Job(probe, mode="emulate", warmup=2, iters=5)])
-    measured = min(result["step_times_s"])  # the uncontended step (calibration._best_seconds)
+    share = seq_len // world_size
+    lengths = sorted({max(1, share // 2), share, seq_len // 2, seq_len} - {0})
+    isolated = calibration.calibrate(device, dtype, 0.0, quick, model.heads, model.head_dim, lengths)
+    probe = probe_problem(model, seq_len, world_size, dtype, device.type)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        [result] = entry_single(
+            [Job(probe, mode="emulate", warmup=2, iters=10 if quick else 30, profile_dir=trace_dir)]
+        )
+        trace = json.loads((Path(trace_dir) / "trace_rank0.json").read_text())
+    spent, count, span = calibration.class_seconds(trace)
+    rest = max(0.0, span - sum(spent.values()))  # Python and autograd
+    # the profiler lengthens every op it records by about the same time: take it off each class,
+    # then scale the step to the bare steps' time (calibration._best_seconds)
+    per_op = calibration.profiler_op_seconds(device)
+    own = {c: max(0.0, spent[c] - count[c] * per_op) for c in spent}
+    single = calibration.cpu_clock(device) is time.process_time  # as the isolated kernels were timed
+    measured = min(result["step_cpu_times_s"] if single else result["step_times_s"])
+    scale = measured / (sum(own.values()) + rest)
     work = step_work(probe)
-    kernels = profile.seconds(work.work, work.calls, model.layers)
-    return replace(profile, layer_overhead_s=max(0.0, (measured - kernels) / model.layers))
+    rates = dict(isolated.rates)
+    for c in ("gemm", "elementwise"):
+        rates[c] = calibration.ClassRate(work.work[c] / (scale * own[c]), 0.0)
+        log.info(
+            "%s in a step: %.3g per s (isolated kernels: %.3g)", c, rates[c].rate, isolated.rates[c].rate
+        )
+    log.info(
+        "profiler per op %.3g s; step %.3g s, of it Python and autograd %.3g s",
+        per_op,
+        measured,
+        scale * rest,
+    )
+    return replace(isolated, rates=rates, layer_overhead_s=scale * rest / model.layers)
 
 
 def run_calibrate(cfg: DictConfig) -> Path:

@@ -305,19 +305,23 @@ def _run_job(job: Job, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     steps = 0 if job.mode == "dryrun" else job.warmup + job.iters  # a fake step takes no time
     timed = device.type != "meta"  # meta steps run every code path but take no time worth a row
     for step in range(1, 1 + steps):
         _zero_grads(model, x)
+        cpu0 = time.process_time()
         seconds, y = _timed_step(model, x, dy, device, _inject(job.fault, step))
         times.append(seconds)
+        cpu_times.append(time.process_time() - cpu0)
         if real:
             _check_finite(y, x, model, step)
         signals.progress(step)
     result["step_times_s"] = times[job.warmup :] if timed else []
     if steps:
         phases.done(f"{steps} timed steps")
+    if device.type == "cpu" and timed:  # this process's CPU time: what a step computes, less the time
+        result["step_cpu_times_s"] = cpu_times[job.warmup :]  # other processes held the cores
     if job.profile_dir and job.mode != "dryrun" and timed:
         _zero_grads(model, x)
         overlap = profiled_step(
