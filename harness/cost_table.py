@@ -118,8 +118,10 @@ def main(overrides: list[str]) -> None:
         f"N={base.world_size}, {base.dtype}; per layer, forward + backward, per rank"
     )
     print(
-        "activation_x_Ld = activation bytes / bytes of one [B, L, d] hidden state (README counts drop (N-1)/N)"
+        "activation_x_Ld = activation bytes / bytes of one [B, L, d] hidden state "
+        "(README counts drop (N-1)/N)"
     )
+
     with pd.option_context(
         "display.width", 200, "display.max_columns", 10, "display.float_format", "{:.4g}".format
     ):

@@ -477,7 +477,8 @@ def longest(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
             rows.append(_boundary(run, fig, overrides, recompute, step))
     note = (
         f"Llama3-8B blocks (32 layers; embeddings and LM head not counted), one 8-rank node of 80 GiB, bf16, "
-        f"AdamW mixed (12 bytes of state per parameter), batch 1; sequence lengths in steps of {step} tokens. "
+        "AdamW mixed (12 bytes of state per parameter), batch 1; sequence lengths in steps of "
+        f"{step} tokens. "
         "'model': binary search on the memory models (the step's categories added up, plus the training "
         "terms). 'dryrun': the same search on dryrun rows started from the model's answer (the row's peak "
         "plus the training terms; a dryrun row does not depend on train.*, so recompute on and off share "

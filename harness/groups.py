@@ -113,8 +113,10 @@ def rewrite_unknown_choices(argv: list[str]) -> list[str]:
                     if key == "method" and v in options(key)
                 )
                 sys.exit(
-                    f"error: unknown {key} {', '.join(map(repr, bad))}; available: {', '.join(options(key))}{broken}"
+                    f"error: unknown {key} {', '.join(map(repr, bad))}; "
+                    f"available: {', '.join(options(key))}{broken}"
                 )
+
             if bad:
                 out += [f"~{key}", f"+unknown_{key}={value}"]
                 continue

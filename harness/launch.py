@@ -190,7 +190,8 @@ class _StackOnStop:
     def __call__(self, *args: Any) -> Any:
         error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
         if error_file:
-            self.stack = open(Path(error_file).with_name(STACK_FILE), "w")  # kept open for the handler
+            # kept open for the SIGTERM handler, which writes the stacks into it
+            self.stack = open(Path(error_file).with_name(STACK_FILE), "w")  # noqa: SIM115 -- see above
             self.stack.write(f"main thread 0x{threading.get_ident():016x}\n")
             self.stack.flush()
             faulthandler.register(signal.SIGTERM, file=self.stack, all_threads=True, chain=True)

@@ -43,8 +43,9 @@ class PeakMemory(TorchDispatchMode):
             return  # a view or an in-place result: the storage is already counted
         entry = [storage.nbytes(), created, None, category]
         self.lifetimes.append(entry)
-        self.alive[id(storage)] = entry
-        self._refs.append(weakref.ref(storage, lambda _, key=id(storage), e=entry: self._release(key, e)))
+        key = id(storage)
+        self.alive[key] = entry
+        self._refs.append(weakref.ref(storage, lambda _, key=key, e=entry: self._release(key, e)))
 
     def __enter__(self) -> PeakMemory:
         # FSDP2 frees and re-allocates gathered parameters by resizing their storage in place, which

@@ -397,8 +397,8 @@ def write_report(directory: str | Path) -> list[Path]:
         "## Rows",
         "",
         (
-            "Bytes are per rank per step (bus convention); `mfu` counts causal-effective FLOPs, `mfu_dense` dense; "
-            "`model_*` columns are the methods' cost and memory models."
+            "Bytes are per rank per step (bus convention); `mfu` counts causal-effective FLOPs, "
+            "`mfu_dense` dense; `model_*` columns are the methods' cost and memory models."
         ),
         "",
         table(df).astype(object).fillna("-").to_markdown(index=False),

@@ -436,7 +436,8 @@ def _progress(row: dict, status: str) -> None:
 
 
 def _hardware_chosen() -> bool:
-    """Whether the command line, or the experiment it names, chose `hardware=` (else config.yaml's default)."""
+    """Whether the command line, or the experiment it names, chose `hardware=` (else config.yaml's
+    default)."""
     overrides = list(HydraConfig.get().overrides.task)
     named = {o.partition("=")[0].lstrip("+~") for o in overrides}
     return "hardware" in named or "hardware" in experiment_choices(overrides)

@@ -447,7 +447,10 @@ def _passes_self_check(name: str, device: torch.device, dtype: torch.dtype, head
     passing wrong numbers. A skip warns with the reason, since the row only shows the kernel used."""
     reason = check_kernel(KERNELS[name], device, dtype, head_dim)
     if reason is not None:
-        warnings.warn(f"attention backend {name!r} skipped on {device} {dtype} head_dim={head_dim}: {reason}")
+        warnings.warn(
+            f"attention backend {name!r} skipped on {device} {dtype} head_dim={head_dim}: {reason}",
+            stacklevel=2,
+        )
     return reason is None
 
 

@@ -166,7 +166,7 @@ def init_weights_(model: nn.Module, seed: int) -> nn.Module:
     (not all ones, so a wrongly reduced norm gradient cannot hide)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu"))
             else:
@@ -200,7 +200,8 @@ def llama_block_params(m: ModelConfig) -> int:
 
 class LinearAttentionLayer(Attention):
     """Linear-Llama3: the Llama attention with softmax replaced by basic linear attention (per-head
-    decay when the model sets `decay: true`, from the table its `decay_rule` names); projections, RoPE and everything around stay."""
+    decay when the model sets `decay: true`, from the table its `decay_rule` names); projections, RoPE
+    and everything around stay."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

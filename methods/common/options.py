@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 if TYPE_CHECKING:
     from .config import Problem
 
-O = TypeVar("O", bound="MethodOptions")
+OptionsT = TypeVar("OptionsT", bound="MethodOptions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ def choices(tp: Any) -> tuple[str, ...] | None:
     return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
-def parse(cls: type[O], method: str, values: Mapping[str, Any]) -> O:
+def parse(cls: type[OptionsT], method: str, values: Mapping[str, Any]) -> OptionsT:
     """`cls` from a mapping of option values (a config's `method` node without `name`); InvalidConfig
     naming every unknown key or a value outside a Literal's choices."""
     from .config import InvalidConfig  # config imports this module for Problem's options
