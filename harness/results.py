@@ -111,10 +111,10 @@ def lock(path: str | Path):
     return f
 
 
-def row_index(directory: str | Path) -> dict[str, tuple[Path, str]]:
+def row_index(directory: str | Path) -> dict[str, tuple[Path, str | None]]:
     """config_hash -> (path, status) of the rows under `directory`, an ok row preferred when a
     configuration has several. Unreadable rows are left out (their own job sets them aside)."""
-    index: dict[str, tuple[Path, str]] = {}
+    index: dict[str, tuple[Path, str | None]] = {}
     for path in sorted(Path(directory).rglob(ROW_FILE)):
         try:
             row = read_row(path)
