@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from typing import Any
 
 import pandas as pd
 from hydra import compose, initialize_config_dir
@@ -84,7 +85,7 @@ def odysseus_table(base: Problem) -> pd.DataFrame:
 
 
 # DSP paper's table (per layer = spatial + temporal block, forward), in units of M = B*T*S*C elements
-DSP_PAPER = [
+DSP_PAPER: list[tuple[str, str, dict[str, Any], str]] = [
     ("Megatron-SP", "tp_sp", {}, "8M"),
     ("DeepSpeed-Ulysses", "ulysses", {}, "4M/N"),
     ("Ring attention", "ring", {}, "2M"),

@@ -141,8 +141,8 @@ def rewrite_unknown_choices(argv: list[str]) -> list[str]:
                 out.remove(arg)
                 unknown_options.append(key)
             elif group == "method" and not multirun:
-                value = OverridesParser.create().parse_override(arg).value()
-                if option_error(chosen[group], option, value) is not None:
+                parsed = OverridesParser.create().parse_override(arg).value()
+                if option_error(chosen[group], option, parsed) is not None:
                     out[out.index(arg)] = f"+refused.{arg}"
     if unknown_options:
         out.append(f"+unknown_options=[{','.join(unknown_options)}]")

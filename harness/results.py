@@ -111,16 +111,16 @@ def lock(path: str | Path):
     return f
 
 
-def row_index(directory: str | Path) -> dict[str, tuple[Path, str | None]]:
+def row_index(directory: str | Path) -> dict[str, tuple[Path, str]]:
     """config_hash -> (path, status) of the rows under `directory`, an ok row preferred when a
     configuration has several. Unreadable rows are left out (their own job sets them aside)."""
-    index: dict[str, tuple[Path, str | None]] = {}
+    index: dict[str, tuple[Path, str]] = {}
     for path in sorted(Path(directory).rglob(ROW_FILE)):
         try:
             row = read_row(path)
         except (OSError, ValueError):
             continue
-        key, status = row.get("config_hash"), row.get("status")
+        key, status = row.get("config_hash"), row.get("status", "")
         if key and (key not in index or (status == "ok" and index[key][1] != "ok")):
             index[key] = (path, status)
     return index

@@ -294,7 +294,7 @@ def _row_weights(decay: torch.Tensor, c: int, device, dtype) -> tuple[torch.Tens
     log = torch.log(decay.to(device=device, dtype=torch.float64))[:, None]
     r = torch.arange(c, device=device, dtype=torch.float64)[None, :]
     a, b = torch.exp((r + 1) * log), torch.exp((c - 1 - r) * log)
-    return tuple(t.to(dtype)[None, :, None, :, None] for t in (a, b))
+    return a.to(dtype)[None, :, None, :, None], b.to(dtype)[None, :, None, :, None]
 
 
 def chunk_weights(decay: torch.Tensor, c: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -74,8 +74,10 @@ def schema(cls: type[MethodOptions], method: str) -> type:
         tp, default = hints[f.name], f.default
         allowed = choices(tp)
         if allowed is not None:
-            tp = enum.StrEnum(f"{cls.__name__}_{f.name}", list(allowed))  # equal to its str value
-            default = tp[default]
+            # equal to its str value; the functional API, as the enum's name is built per field
+            members = enum.StrEnum(f"{cls.__name__}_{f.name}", list(allowed))  # type: ignore[misc]
+            assert isinstance(default, str), f"{cls.__name__}.{f.name}: a choice needs a default choice"
+            tp, default = members, members[default]
         fields.append((f.name, tp, dataclasses.field(default=default)))
     return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
 
