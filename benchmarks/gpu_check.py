@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -328,9 +329,8 @@ def cmd_kernels(args) -> int:
                     row["ok"] = ok
                     rows.append(row)
                     if not ok and admitted:
-                        failed.append(
-                            f"{name} D={head_dim} L={length} causal={causal}: {row.get('error') or 'errors above tolerance'}"
-                        )
+                        why = row.get("error") or "errors above tolerance"
+                        failed.append(f"{name} D={head_dim} L={length} causal={causal}: {why}")
                     print(
                         ("ok  " if ok else "BAD ")
                         + " ".join(
@@ -365,12 +365,11 @@ def cmd_kernels(args) -> int:
             q, k, v, dout = _inputs(
                 device, dtype, s.timing_length, s.heads, s.kv_heads, s.timing_head_dim, 99
             )
-            fwd_s = _time(
-                lambda: run_kernel(name, q, k, v, None, True), device, s.timing_warmup, s.timing_iters
-            )
-            step_s = _time(
-                lambda: run_kernel(name, q, k, v, dout, True), device, s.timing_warmup, s.timing_iters
-            )
+            fwd = functools.partial(run_kernel, name, q, k, v, None, True)
+            fwd_s = _time(fwd, device, s.timing_warmup, s.timing_iters)
+            step = functools.partial(run_kernel, name, q, k, v, dout, True)
+            step_s = _time(step, device, s.timing_warmup, s.timing_iters)
+            del fwd, step
             flops = attention_flops(1, s.timing_length, s.heads, s.timing_head_dim, True)
             row.update(
                 fwd_ms=1e3 * fwd_s,
@@ -485,11 +484,11 @@ def simulate_allgather(layout: str, q, k, v, dout, n: int, causal: bool):
         lse = torch.empty((q.shape[0], q.shape[2], qs[r].shape[1]), dtype=acc, device=q.device)
         started = set()
         for rows, cols, square in pieces:
-            o, l = attn_forward(qs[r][:, rows], k_all[:, cols], v_all[:, cols], square)
+            o, o_lse = attn_forward(qs[r][:, rows], k_all[:, cols], v_all[:, cols], square)
             if rows.start in started:
-                out[:, rows], lse[:, :, rows] = merge_lse(out[:, rows], lse[:, :, rows], o, l)
+                out[:, rows], lse[:, :, rows] = merge_lse(out[:, rows], lse[:, :, rows], o, o_lse)
             else:
-                out[:, rows], lse[:, :, rows] = o.to(acc), l.to(acc)
+                out[:, rows], lse[:, :, rows] = o.to(acc), o_lse.to(acc)
                 started.add(rows.start)
         out = out.to(q.dtype)
         dq = torch.zeros_like(qs[r], dtype=acc)
@@ -577,7 +576,8 @@ def cmd_blocks(args) -> int:
                     for what, g, r in zip(("out", "lse", "dq", "dk", "dv"), got, ref):
                         err = abs_err if what == "lse" else rel_err
                         row[f"{what}_{'abs' if what == 'lse' else 'rel'}_err"] = err(g, r)
-                        # the same kernel on the whole sequence: what the block algebra must not exceed by much
+                        # the same kernel on the whole sequence: what the block algebra must not exceed
+                        # by much
                         row[f"whole_{what}_err"] = err(whole[what], r)
                     ok = row["lse_abs_err"] <= s.lse_tol and all(
                         row[f"{t}_rel_err"] <= s.tol for t in ("out", "dq", "dk", "dv")
@@ -589,9 +589,8 @@ def cmd_blocks(args) -> int:
                 row["ok"] = ok
                 rows.append(row)
                 if not ok:
-                    failed.append(
-                        f"{name} {method} {layout} causal={causal}: {row['error'] or 'errors above tolerance'}"
-                    )
+                    why = row["error"] or "errors above tolerance"
+                    failed.append(f"{name} {method} {layout} causal={causal}: {why}")
                 print(
                     ("ok  " if ok else "BAD ")
                     + " ".join(
@@ -859,12 +858,13 @@ def summarize(out: Path, cpu: bool) -> tuple[str, list[dict]]:
     mfu = _num(uly.get("mfu_compute")) if uly and uly.get("status") == "ok" else None
     add(
         "a",
-        f"Ulysses per-rank compute MFU, {uly.get('world_size') if uly else '?'} ranks x {long_len} tokens, {'tiny' if cpu else 'Llama3-8B'} block, causal "
-        "(emulate `mfu_compute`, causal-effective FLOPs)",
+        f"Ulysses per-rank compute MFU, {uly.get('world_size') if uly else '?'} ranks x {long_len} tokens, "
+        f"{'tiny' if cpu else 'Llama3-8B'} block, causal (emulate `mfu_compute`, causal-effective FLOPs)",
         f">= {MFU_TARGET:.0%}",
         "-"
         if mfu is None
-        else f"{mfu:.1%} ({_fmt(uly.get('compute_time_ms'), '.1f')} ms, {_fmt(uly.get('tflops_per_gpu_compute'))} TFLOP/s)",
+        else f"{mfu:.1%} ({_fmt(uly.get('compute_time_ms'), '.1f')} ms, "
+        f"{_fmt(uly.get('tflops_per_gpu_compute'))} TFLOP/s)",
         None if mfu is None else mfu >= MFU_TARGET,
     )
     t_u = _num(uly.get("compute_time_ms")) if uly else None
@@ -872,7 +872,8 @@ def summarize(out: Path, cpu: bool) -> tuple[str, list[dict]]:
     ratio = t_r / t_u if t_u and t_r else None
     add(
         "b",
-        f"ring ({ring.get('ring_layout') if ring else 'zigzag'}) / Ulysses per-rank compute_time_ms at {long_len} tokens",
+        f"ring ({ring.get('ring_layout') if ring else 'zigzag'}) / Ulysses per-rank compute_time_ms "
+        f"at {long_len} tokens",
         f"<= {RATIO_TARGET}",
         "-" if ratio is None else f"{ratio:.3f} ({t_r:.1f} / {t_u:.1f} ms)",
         None if ratio is None else ratio <= RATIO_TARGET,
@@ -898,10 +899,10 @@ def summarize(out: Path, cpu: bool) -> tuple[str, list[dict]]:
             + ("" if admitted else " (forced only: the self-check does not admit it)")
         )
         failed_cases = [r for r in mine if r["ok"] != "True"]
+        head_dims = "/".join(sorted({r["head_dim"] for r in mine}, key=int))
         add(
             "c",
-            f"kernel {name} ({mine[0]['dtype']}, D {'/'.join(sorted({r['head_dim'] for r in mine}, key=int))}, "
-            f"L {mine[0]['length']}, causal and not)",
+            f"kernel {name} ({mine[0]['dtype']}, D {head_dims}, L {mine[0]['length']}, causal and not)",
             f"rel <= {mine[0]['tol']}, lse <= {mine[0]['lse_tol']} nats",
             measured
             + (
@@ -927,13 +928,15 @@ def summarize(out: Path, cpu: bool) -> tuple[str, list[dict]]:
         f"# Device check: {title}{' (CPU mode: tiny shapes, targets indicative only)' if cpu else ''}",
         "",
         f"torch {versions.get('torch')}, CUDA {versions.get('cuda')}, cuDNN {versions.get('cudnn')}, "
-        f"NCCL {versions.get('nccl')}, capability {versions.get('capability')}, Python {versions.get('python')}, "
-        f"triton {versions.get('triton_version')}, flash-attn {versions.get('flash_attn_version')}",
+        f"NCCL {versions.get('nccl')}, capability {versions.get('capability')}, "
+        f"Python {versions.get('python')}, triton {versions.get('triton_version')}, "
+        f"flash-attn {versions.get('flash_attn_version')}",
         "",
-        "Conventions: kernel errors against math in float64 on the same inputs (out, dq, dk, dv: max abs error "
-        "over max abs reference; LSE: max abs error in nats). TFLOP/s and MFU count causal-effective FLOPs "
-        "(attention's masked half removed; forward + backward = 3x forward, as harness/flops.py). MFU is "
-        "against the hardware profile's dense bf16 peak (h100_nvlink_8x: 989 TFLOP/s; an H200 has the same).",
+        "Conventions: kernel errors against math in float64 on the same inputs (out, dq, dk, dv: max abs "
+        "error over max abs reference; LSE: max abs error in nats). TFLOP/s and MFU count causal-effective "
+        "FLOPs (attention's masked half removed; forward + backward = 3x forward, as harness/flops.py). "
+        "MFU is against the hardware profile's dense bf16 peak (h100_nvlink_8x: 989 TFLOP/s; an H200 has "
+        "the same).",
         "",
         "| | item | target | measured | met |",
         "|---|---|---|---|---|",
@@ -946,8 +949,8 @@ def summarize(out: Path, cpu: bool) -> tuple[str, list[dict]]:
     if job_rows:
         lines += [
             "",
-            "| rows | method | ranks | tokens | status | kernel | compute ms (real: step) | comm ms (projected) | MFU compute "
-            "| bytes = theory | verify out / grad |",
+            "| rows | method | ranks | tokens | status | kernel | compute ms (real: step) "
+            "| comm ms (projected) | MFU compute | bytes = theory | verify out / grad |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for part, r in job_rows:
@@ -961,10 +964,13 @@ def summarize(out: Path, cpu: bool) -> tuple[str, list[dict]]:
                 + (f" {r['ring_layout']}" if r.get("ring_layout") else "")
             )
             lines.append(
-                f"| {part} | {method} | {r['world_size']} | {tokens} | {r['status']} | {r.get('attn_backend') or '-'} "
-                f"| {_fmt(r.get('compute_time_ms') or r.get('step_time_ms'), '.1f')} | {_fmt(r.get('projected_comm_ms'), '.1f')} "
+                f"| {part} | {method} | {r['world_size']} | {tokens} | {r['status']} "
+                f"| {r.get('attn_backend') or '-'} "
+                f"| {_fmt(r.get('compute_time_ms') or r.get('step_time_ms'), '.1f')} "
+                f"| {_fmt(r.get('projected_comm_ms'), '.1f')} "
                 f"| {_fmt(r.get('mfu_compute'), '.3f')} | {'yes' if same else 'NO'} "
-                f"| {_fmt(r.get('verify_out_rel_err'), '.2g')} / {_fmt(r.get('verify_grad_rel_err'), '.2g')} |"
+                f"| {_fmt(r.get('verify_out_rel_err'), '.2g')} "
+                f"/ {_fmt(r.get('verify_grad_rel_err'), '.2g')} |"
             )
     lines += [
         "",

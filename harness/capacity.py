@@ -52,6 +52,13 @@ def param_elements(p: Problem, per_rank_mem: MemCost) -> int:
     return (per_rank_mem.grad - per_rank_mem.input // 2) // p.elem_bytes
 
 
+def memory_model(p: Problem) -> MemCost:
+    """The per-rank memory model of p's method (one step, by category)."""
+    model = methods.for_problem(p).memory_cost
+    assert model is not None, f"{p.method} has no memory model"
+    return model(p)
+
+
 def one_layer_act(p: Problem) -> int:
     """Saved activations of one layer of p's stack run alone, its output included: the largest layer
     kind. A hybrid stack's softmax layer (every `hybrid_period`-th) is what the stack up to it saves
@@ -60,7 +67,7 @@ def one_layer_act(p: Problem) -> int:
 
     def act(layers: int) -> int:
         q = replace(p, model=replace(p.model, layers=layers))
-        return methods.for_problem(q).memory_cost(q).act
+        return memory_model(q).act
 
     first = act(1)
     period = p.model.extra.get("hybrid_period", 4)
@@ -109,7 +116,7 @@ def fit_fields(p: Problem, hardware: Mapping, peak_bytes: int, train: Mapping | 
     optimizer state, less what recompute saves), mem_headroom_bytes (capacity - required; negative:
     does not fit) and the training-state terms of `training_state_bytes`."""
     train = train or {}
-    per_rank_mem = methods.for_problem(p).memory_cost(p)
+    per_rank_mem = memory_model(p)
     terms = training_state_bytes(
         p, train.get("optimizer", "none"), train.get("recompute", "none"), per_rank_mem
     )

@@ -55,7 +55,7 @@ def _nbytes(x) -> int:
 
 def _group(pg) -> dist.ProcessGroup:
     if isinstance(pg, str):
-        return dist.distributed_c10d._resolve_process_group(pg)
+        return dist.distributed_c10d._resolve_process_group(dist.distributed_c10d.GroupName(pg))
     if isinstance(pg, torch.ScriptObject):
         return dist.ProcessGroup.unbox(pg)
     return pg

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from typing import Any
 
 import pandas as pd
 from hydra import compose, initialize_config_dir
@@ -84,7 +85,7 @@ def odysseus_table(base: Problem) -> pd.DataFrame:
 
 
 # DSP paper's table (per layer = spatial + temporal block, forward), in units of M = B*T*S*C elements
-DSP_PAPER = [
+DSP_PAPER: list[tuple[str, str, dict[str, Any], str]] = [
     ("Megatron-SP", "tp_sp", {}, "8M"),
     ("DeepSpeed-Ulysses", "ulysses", {}, "4M/N"),
     ("Ring attention", "ring", {}, "2M"),
@@ -118,8 +119,10 @@ def main(overrides: list[str]) -> None:
         f"N={base.world_size}, {base.dtype}; per layer, forward + backward, per rank"
     )
     print(
-        "activation_x_Ld = activation bytes / bytes of one [B, L, d] hidden state (README counts drop (N-1)/N)"
+        "activation_x_Ld = activation bytes / bytes of one [B, L, d] hidden state "
+        "(README counts drop (N-1)/N)"
     )
+
     with pd.option_context(
         "display.width", 200, "display.max_columns", 10, "display.float_format", "{:.4g}".format
     ):

@@ -158,7 +158,8 @@ def classify_failure(
         if stopped:
             who = hung or stopped
             waiting = (
-                f"; rank(s) {', '.join(map(str, sorted(set(stopped) - set(who))))} were waiting in communication"
+                f"; rank(s) {', '.join(map(str, sorted(set(stopped) - set(who))))} "
+                "were waiting in communication"
                 if len(who) < len(stopped)
                 else ""
             )

@@ -30,10 +30,11 @@ from matplotlib.ticker import NullFormatter
 from omegaconf import DictConfig, OmegaConf
 
 import methods
+from methods.common import options as method_options
 from methods.common.config import InvalidConfig, Problem
 
 from . import reference
-from .capacity import fit_fields, training_state_bytes
+from .capacity import fit_fields, memory_model, training_state_bytes
 from .groups import CONF_DIR, option_keys
 from .problem import problem_from_cfg
 from .results import read_row, write_row
@@ -116,6 +117,12 @@ class Runner:
         return [self.run(fig, o) for o in self.grid(fig)]
 
 
+def problem(p: Point) -> Problem:
+    """The point's problem: every ok point has one (only a configuration the methods refuse has none)."""
+    assert p.problem is not None, p.overrides
+    return p.problem
+
+
 def ok(points: list[Point]) -> list[Point]:
     bad = [p for p in points if p.row["status"] != "ok"]
     if bad:
@@ -128,8 +135,7 @@ def ratio(ours: float, published: float) -> float:
 
 
 def label(p: Point) -> str:
-    options = {k: v for k, v in (p.problem.options if p.problem else {}).items() if k == "zero3" and v}
-    return p.row["method"] + ("+zero3" if options else "")
+    return p.row["method"] + ("+zero3" if p.problem and method_options.zero3(p.problem) else "")
 
 
 # ---- the figures ---------------------------------------------------------------------------------------
@@ -139,7 +145,8 @@ def megatron_sp_table2(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     ref = reference.load("megatron_sp_table2_activation_memory").set_index("configuration")
     rows = []
     for p in ok(run.points(fig)):
-        m, w, t = p.problem.model, p.problem.workload, p.problem.world_size
+        q = problem(p)
+        m, w, t = q.model, q.workload, q.world_size
         symbols = {"s": w.seq_len, "b": w.batch_size, "h": m.hidden, "a": m.heads, "t": t}
         ours = p.row["mem_fwd_end_detail"]["act"]  # one rank's saved activations
         configs = [
@@ -170,7 +177,7 @@ def megatron_sp_table2(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
 def usp_table2(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     ref = reference.load("usp_table2_cost").set_index("method")
     points = ok(run.points(fig))
-    single = {(label(p), p.problem.model.name): p for p in points if p.problem.world_size == 1}
+    single = {(label(p), problem(p).model.name): p for p in points if problem(p).world_size == 1}
     names = {
         "ulysses": "SP-Ulysses",
         "ring": "SP-Ring",
@@ -180,7 +187,7 @@ def usp_table2(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     }
     rows = []
     for p in points:
-        q = p.problem
+        q = problem(p)
         if q.world_size == 1:
             continue
         m, w, n, e = q.model, q.workload, q.world_size, q.elem_bytes
@@ -194,8 +201,8 @@ def usp_table2(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
             "n_kv_groups": m.heads // m.kv_heads,
         }
         detail = p.row["comm_detail"]
-        param_kinds = ("all_reduce", "reduce_scatter") if label(p) != "tp_sp" else ()
-        param_kinds += ("all_gather",) if q.opt("zero3", False) else ()
+        param_kinds: tuple[str, ...] = ("all_reduce", "reduce_scatter") if label(p) != "tp_sp" else ()
+        param_kinds += ("all_gather",) if method_options.zero3(q) else ()
         both = [{**detail["fwd"]}, {**detail["bwd"]}]
         param = sum(d.get(k, 0) for d in both for k in param_kinds)
         act = sum(sum(d.values()) for d in both) - param
@@ -246,7 +253,7 @@ def usp_table2(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
                     "published_formula": entry["mem_param_grad_formula"],
                 }
             )
-            memcost = methods.for_problem(q).memory_cost(q)
+            memcost = memory_model(q)
             opt = training_state_bytes(q, "adamw_mixed", "none", memcost)["train_optimizer_bytes"]
             full_params = base.row["theory_mem_detail"]["grad"] - base.row["theory_mem_detail"]["input"] // 2
             rows.append(
@@ -287,7 +294,7 @@ def odysseus_cost(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     param_costs = {name: cost for name, *_, cost in ROWS}
     rows = []
     for p in ok(run.points(fig)):
-        q, name = p.problem, by_method[p.row["method"]]
+        q, name = problem(p), by_method[p.row["method"]]
         m, w, n, e = q.model, q.workload, q.world_size, q.elem_bytes
         total = p.row["comm_bytes_fwd"] + p.row["comm_bytes_bwd"]
         cost = param_costs[name](q)
@@ -336,7 +343,7 @@ def dsp_2d_layer(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     }
     rows = []
     for p in ok(run.points(fig)):
-        q, name = p.problem, by_method[p.row["method"]]
+        q, name = problem(p), by_method[p.row["method"]]
         w, n = q.workload, q.world_size
         m_elems = w.batch_size * w.frames * w.spatial * q.model.hidden
         ours = p.row["comm_bytes_fwd"] / q.elem_bytes
@@ -365,7 +372,7 @@ def lasp2_cost(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     ref = reference.load("lasp2_cost_model").set_index("method")
     rows = []
     for p in ok(run.points(fig)):
-        q = p.problem
+        q = problem(p)
         m, w, n = q.model, q.workload, q.world_size
         state = w.batch_size * m.heads * m.head_dim**2  # elements of one rank's memory state [B, H, D, D]
         detail = p.row["comm_detail"]
@@ -401,16 +408,17 @@ def lasp2_table6(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     base, hardware = points[0], points[0].cfg.hardware
     train = OmegaConf.to_container(base.cfg.train)
     rows = []
-    dryrun = {p.problem.workload.seq_len: p for p in points}  # at the experiment's world size
-    n0 = base.problem.world_size
-    scale, gpu_scale = (base.problem.workload.seq_len / 2048, 8) if run.small else (1, 1)
+    dryrun = {problem(p).workload.seq_len: p for p in points}  # at the experiment's world size
+    base_problem = problem(base)
+    n0 = base_problem.world_size
+    scale, gpu_scale = (base_problem.workload.seq_len / 2048, 8) if run.small else (1, 1)
     for _, cell in ref.iterrows():
         seq_len, gpus = int(cell.seq_len_tokens * scale), max(2, int(cell.gpus) // gpu_scale)
-        q = replace(base.problem, world_size=gpus, workload=replace(base.problem.workload, seq_len=seq_len))
+        q = replace(base_problem, world_size=gpus, workload=replace(base_problem.workload, seq_len=seq_len))
         # the dryrun with the same tokens per rank: activations, positions and the replicated weights are
         # the same; only the gathered states (W per layer) differ
         point = dryrun.get(seq_len * n0 // gpus) if seq_len * n0 % gpus == 0 else None
-        peak = point.row["peak_mem_bytes"] if point else methods.for_problem(q).memory_cost(q).total
+        peak = point.row["peak_mem_bytes"] if point else memory_model(q).total
         fit = fit_fields(q, hardware, peak, train)
         rows.append(
             {
@@ -437,7 +445,7 @@ def lasp2_table6(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
 def ring_table1(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
     rows = []
     for p in ok(run.points(fig)):
-        q = p.problem
+        q = problem(p)
         w, n, m = q.workload, q.world_size, q.model
         c = w.seq_len // n
         block = w.batch_size * c * m.hidden * 2  # one bf16 [b, c, h] block
@@ -477,7 +485,8 @@ def longest(run: Runner, fig: Figure) -> tuple[pd.DataFrame, str]:
             rows.append(_boundary(run, fig, overrides, recompute, step))
     note = (
         f"Llama3-8B blocks (32 layers; embeddings and LM head not counted), one 8-rank node of 80 GiB, bf16, "
-        f"AdamW mixed (12 bytes of state per parameter), batch 1; sequence lengths in steps of {step} tokens. "
+        "AdamW mixed (12 bytes of state per parameter), batch 1; sequence lengths in steps of "
+        f"{step} tokens. "
         "'model': binary search on the memory models (the step's categories added up, plus the training "
         "terms). 'dryrun': the same search on dryrun rows started from the model's answer (the row's peak "
         "plus the training terms; a dryrun row does not depend on train.*, so recompute on and off share "
@@ -493,7 +502,7 @@ def _fits_model(q: Problem, hardware, train: dict) -> bool:
         methods.for_problem(q).validate(q)
     except InvalidConfig:
         return False
-    return fit_fields(q, hardware, methods.for_problem(q).memory_cost(q).total, train)["fits"]
+    return fit_fields(q, hardware, memory_model(q).total, train)["fits"]
 
 
 def _longest(fits: Callable[[int], bool], start: int) -> int:
@@ -536,7 +545,7 @@ def _boundary(run: Runner, fig: Figure, overrides: list[str], recompute: str, st
         point = run.run(fig, [*overrides, f"workload.seq_len={k * step}"])
         if point.row["status"] != "ok":
             raise RuntimeError(f"{point.overrides}: {point.row['status']} {point.row.get('error')}")
-        return fit_fields(point.problem, base_cfg.hardware, point.row["peak_mem_bytes"], train)["fits"]
+        return fit_fields(problem(point), base_cfg.hardware, point.row["peak_mem_bytes"], train)["fits"]
 
     k = _longest(functools.cache(dryrun_fits), model_k)
     zero3 = next((o.split("=")[1] for o in overrides if o.startswith("method.zero3")), "n/a")

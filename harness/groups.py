@@ -117,8 +117,10 @@ def rewrite_unknown_choices(argv: list[str]) -> list[str]:
                     if key == "method" and v in options(key)
                 )
                 sys.exit(
-                    f"error: unknown {key} {', '.join(map(repr, bad))}; available: {', '.join(options(key))}{broken}"
+                    f"error: unknown {key} {', '.join(map(repr, bad))}; "
+                    f"available: {', '.join(options(key))}{broken}"
                 )
+
             if bad:
                 out += [f"~{key}", f"+unknown_{key}={value}"]
                 continue
@@ -143,8 +145,8 @@ def rewrite_unknown_choices(argv: list[str]) -> list[str]:
                 out.remove(arg)
                 unknown_options.append(key)
             elif group == "method" and not multirun:
-                value = OverridesParser.create().parse_override(arg).value()
-                if option_error(chosen[group], option, value) is not None:
+                parsed = OverridesParser.create().parse_override(arg).value()
+                if option_error(chosen[group], option, parsed) is not None:
                     out[out.index(arg)] = f"+refused.{arg}"
     if unknown_options:
         out.append(f"+unknown_options=[{','.join(unknown_options)}]")

@@ -52,7 +52,7 @@ def label(row: Mapping[str, Any]) -> str:
     """The method and the options set on it, in a fixed order: degrees as `u<U>xr<R>` (or `u<U>`, `r<R>`
     alone), then layout, placement, video attention, decay, and `zero3` when parameters are sharded.
     Reads only the fields the row has (a dict, or a DataFrame row)."""
-    opts = {name: row.get(name) for name in OPTION_COLUMNS}
+    opts: dict[str, Any] = {name: row.get(name) for name in OPTION_COLUMNS}
     parts = [str(row.get("method"))]
     degrees = [
         f"{prefix}{int(opts[name])}"

@@ -190,7 +190,8 @@ class _StackOnStop:
     def __call__(self, *args: Any) -> Any:
         error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
         if error_file:
-            self.stack = open(Path(error_file).with_name(STACK_FILE), "w")  # kept open for the handler
+            # kept open for the SIGTERM handler, which writes the stacks into it
+            self.stack = open(Path(error_file).with_name(STACK_FILE), "w")  # noqa: SIM115 -- see above
             self.stack.write(f"main thread 0x{threading.get_ident():016x}\n")
             self.stack.flush()
             faulthandler.register(signal.SIGTERM, file=self.stack, all_threads=True, chain=True)
@@ -220,13 +221,16 @@ def _every_rank_failure(err: ChildFailedError, logs: DefaultLogsSpecs) -> None:
                 exitcode=1 if error_file.is_file() else -15,
                 error_file=str(error_file),
             )
-            failure.stopped_by_launcher = not error_file.is_file()
+            # extra fields on torch's ProcessFailure, read back with getattr by harness/failures.py
+            failure.stopped_by_launcher = not error_file.is_file()  # type: ignore[attr-defined]
             err.failures[offset + local] = failure
     for failure in err.failures.values():  # (without its file, a failure's error_file reads "<N/A>")
         rank_dir = rank_dirs.get(failure.local_rank, Path(os.devnull))
         error_file, stack = rank_dir / "error.json", rank_dir / STACK_FILE
-        failure.written_ns = error_file.stat().st_mtime_ns if error_file.is_file() else None
-        failure.stack_at_stop = stack.read_text(errors="replace") if stack.is_file() else ""
+        written_ns = error_file.stat().st_mtime_ns if error_file.is_file() else None
+        stack_at_stop = stack.read_text(errors="replace") if stack.is_file() else ""
+        failure.written_ns = written_ns  # type: ignore[attr-defined]
+        failure.stack_at_stop = stack_at_stop  # type: ignore[attr-defined]
     err.failures = dict(sorted(err.failures.items()))
 
 
@@ -288,7 +292,11 @@ def launch(
 
         thread = threading.Thread(target=agent, daemon=True, name="spbench-elastic-agent")
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        forget = signals.on_second_signal(lambda: end_processes(job.processes(), grace_s=0))
+
+        def kill_ranks() -> None:
+            end_processes(job.processes(), grace_s=0)
+
+        forget = signals.on_second_signal(kill_ranks)
         try:
             thread.start()
             while thread.is_alive() and (deadline is None or time.monotonic() < deadline):

@@ -43,8 +43,9 @@ class PeakMemory(TorchDispatchMode):
             return  # a view or an in-place result: the storage is already counted
         entry = [storage.nbytes(), created, None, category]
         self.lifetimes.append(entry)
-        self.alive[id(storage)] = entry
-        self._refs.append(weakref.ref(storage, lambda _, key=id(storage), e=entry: self._release(key, e)))
+        key = id(storage)
+        self.alive[key] = entry
+        self._refs.append(weakref.ref(storage, lambda _: self._release(key, entry)))
 
     def __enter__(self) -> PeakMemory:
         # FSDP2 frees and re-allocates gathered parameters by resizing their storage in place, which
@@ -59,11 +60,12 @@ class PeakMemory(TorchDispatchMode):
                 self._track(storage, entry[3], self.clock)
             return out
 
-        torch.UntypedStorage.resize_ = tracked_resize
+        # patched while the mode is on, restored on exit
+        torch.UntypedStorage.resize_ = tracked_resize  # type: ignore[method-assign, assignment]
         return super().__enter__()
 
     def __exit__(self, *exc) -> None:
-        torch.UntypedStorage.resize_ = self._resize
+        torch.UntypedStorage.resize_ = self._resize  # type: ignore[method-assign]  # restores the original
         return super().__exit__(*exc)
 
     def _release(self, key: int, entry: list) -> None:

@@ -48,7 +48,7 @@ def _rates(problem: Problem, seconds: float, hardware: DictConfig, suffix: str =
         "": effective / problem.world_size / seconds / 1e12,
         "_dense": dense / problem.world_size / seconds / 1e12,
     }
-    row = {f"tokens_per_s{suffix}": problem.workload.tokens / seconds}
+    row: dict[str, float | None] = {f"tokens_per_s{suffix}": problem.workload.tokens / seconds}
     for kind, tflops in per_gpu.items():
         row[f"tflops_per_gpu{kind}{suffix}"] = tflops
         row[f"mfu{kind}{suffix}"] = tflops / peak if peak else None

@@ -16,6 +16,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -81,10 +82,11 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         }
     )
     out = out.assign(_model=df["model"].astype(str), _tokens=df["tokens"])
-    for name, values, kind in [
+    scaled: list[tuple[str, pd.Series, Kind]] = [
         ("step", column(df, "step_time_ms") / 1e3, "seconds"),
         ("tokens/s", column(df, "tokens_per_s"), "count"),
-    ]:
+    ]
+    for name, values, kind in scaled:
         _scaled(out, name, values, kind)
     for name in ("mfu", "mfu_dense"):
         out[name] = column(df, name).map("{:.3g}".format, na_action="ignore")
@@ -145,7 +147,7 @@ def series(df: pd.DataFrame) -> pd.DataFrame:
     return ok.assign(series=names)
 
 
-def _panel_part(key: str, value: object) -> str:
+def _panel_part(key: str, value: Any) -> str:
     if key == "layers":
         return f"{int(value)} layer" + ("s" if int(value) != 1 else "")
     return str(value)
@@ -408,8 +410,8 @@ def write_report(directory: str | Path) -> list[Path]:
         "## Rows",
         "",
         (
-            "Bytes are per rank per step (bus convention); `mfu` counts causal-effective FLOPs, `mfu_dense` dense; "
-            "`model_*` columns are the methods' cost and memory models."
+            "Bytes are per rank per step (bus convention); `mfu` counts causal-effective FLOPs, "
+            "`mfu_dense` dense; `model_*` columns are the methods' cost and memory models."
         ),
         "",
         table(df).astype(object).fillna("-").to_markdown(index=False),

@@ -5,6 +5,7 @@ job (and sweep) directory, and an index of a sweep's rows by configuration."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -54,10 +55,8 @@ def write_row(job_dir: str | Path, row: dict) -> Path:
         os.replace(tmp, path)
     except OSError as e:
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
         raise RowWriteError(path, e) from e
     return path
 
@@ -97,7 +96,7 @@ def lock(path: str | Path):
     dies). Raises Busy with the holder's note when another process holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")
+    f = open(path, "a+")  # noqa: SIM115 -- returned open: the open file holds the lock
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -121,7 +120,7 @@ def row_index(directory: str | Path) -> dict[str, tuple[Path, str]]:
             row = read_row(path)
         except (OSError, ValueError):
             continue
-        key, status = row.get("config_hash"), row.get("status")
+        key, status = row.get("config_hash"), row.get("status", "")
         if key and (key not in index or (status == "ok" and index[key][1] != "ok")):
             index[key] = (path, status)
     return index
@@ -129,7 +128,9 @@ def row_index(directory: str | Path) -> dict[str, tuple[Path, str]]:
 
 def load(directory: str | Path) -> pd.DataFrame:
     """Every row under `directory` (recursively) as one DataFrame, with the row's `job_dir` and
-    `timestamp` as a datetime. Files that cannot be read are reported by path (a warning, and `df.attrs["unreadable"]`), never dropped silently."""
+    `timestamp` as a datetime. Files that cannot be read are reported by path (a warning, and
+    `df.attrs["unreadable"]`), never dropped silently."""
+
     rows, unreadable = [], []
     for path in sorted(Path(directory).rglob(ROW_FILE)):
         try:

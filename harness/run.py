@@ -272,16 +272,16 @@ def execute(cfg: DictConfig, job_dir: Path) -> dict:
         return {**row, "status": "timeout", "error": str(e)}
     except ChildFailedError as e:
         oom_kills_after = oom_kill_count()
-        known = None not in (oom_kills_before, oom_kills_after)
-        status, reason = classify_failure(
-            e, oom_kills_after - oom_kills_before if known else None, available_memory_frac()
-        )
+        new_oom_kills = None
+        if oom_kills_before is not None and oom_kills_after is not None:
+            new_oom_kills = oom_kills_after - oom_kills_before
+        status, reason = classify_failure(e, new_oom_kills, available_memory_frac())
         return {**row, "status": status, "error": reason}
     per_rank = [result[0] for _, result in sorted(ranks.items())]
     row.update(play_rank=play_rank if single else None, **metrics(problem, per_rank, cfg.hardware, mode))
     row.update(fit_fields(problem, cfg.hardware, row["peak_mem_bytes"], cfg.get("train")))
-    reason = suspect(row)
-    return {**row, "suspect": reason is not None, "suspect_reason": reason}
+    suspicion = suspect(row)
+    return {**row, "suspect": suspicion is not None, "suspect_reason": suspicion}
 
 
 # --- resuming, locking and writing rows -------------------------------------------------------
@@ -439,7 +439,8 @@ def _progress(row: dict, status: str) -> None:
 
 
 def _hardware_chosen() -> bool:
-    """Whether the command line, or the experiment it names, chose `hardware=` (else config.yaml's default)."""
+    """Whether the command line, or the experiment it names, chose `hardware=` (else config.yaml's
+    default)."""
     overrides = list(HydraConfig.get().overrides.task)
     named = {o.partition("=")[0].lstrip("+~") for o in overrides}
     return "hardware" in named or "hardware" in experiment_choices(overrides)

@@ -109,12 +109,17 @@ def _check(ok: bool, key: str, value: Any, need: str) -> None:
         raise InvalidConfig(f"{key} must be {need}, got {value!r}")
 
 
+def _section(cfg: DictConfig, key: str) -> DictConfig:
+    """cfg's group `key`, empty where the config has none."""
+    return cfg.get(key) or OmegaConf.create()
+
+
 def _ranges(cfg: DictConfig) -> None:
     world_size = cfg.get("world_size")
     _check(world_size is not None and world_size >= 1, "world_size", world_size, "a positive integer")
-    bench, fault = cfg.get("bench") or {}, cfg.get("fault") or {}
-    workload, model = cfg.get("workload") or {}, cfg.get("model") or {}
-    train = cfg.get("train") or {}
+    bench, fault = _section(cfg, "bench"), _section(cfg, "fault")
+    workload, model = _section(cfg, "workload"), _section(cfg, "model")
+    train = _section(cfg, "train")
     check_train(train.get("optimizer", "none"), train.get("recompute", "none"))
     if "iters" in bench:
         _check(bench.iters >= 1, "bench.iters", bench.iters, "at least 1 (the timed steps)")

@@ -11,6 +11,7 @@ last step it finished."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -57,10 +58,8 @@ _emergency: list[Callable[[], None]] = []  # what a second signal runs before ex
 def _handler(signum: int, frame) -> None:
     if _received:  # the second signal: no more cleaning up than a SIGKILL to the known ranks
         for stop in list(_emergency):
-            try:
+            with contextlib.suppress(Exception):
                 stop()
-            except Exception:
-                pass
         os._exit(128 + signum)
     _received.append(signum)
     raise Interrupted(signum)

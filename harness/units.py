@@ -21,8 +21,8 @@ _UNITS: dict[str, list[tuple[float, str]]] = {
 def unit_for(values: Iterable[float] | float, kind: Kind) -> tuple[float, str]:
     """(divisor, unit name) for `values` of `kind` (bytes, seconds, or a count): the largest unit that
     keeps the largest finite |value| at or above 1. Missing values are ignored; with none, the base unit."""
-    if isinstance(values, numbers.Real):  # numpy scalars included
-        values = [values]
+    if isinstance(values, (int, float, numbers.Real)):  # numpy scalars included
+        values = [float(values)]
     finite = [abs(float(v)) for v in values if v is not None and math.isfinite(float(v))]
     biggest = max(finite, default=0.0)
     units = _UNITS[kind]

@@ -108,8 +108,10 @@ def _check_finite(y: torch.Tensor, x: torch.Tensor, model: torch.nn.Module, step
         (f"gradient of {n}", p.grad) for n, p in model.named_parameters()
     ]
     for name, t in named:
+        if t is None:
+            continue
         t = t.to_local() if hasattr(t, "to_local") else t  # a ZeRO-3 rank checks its own shard
-        if t is not None and not bool(torch.isfinite(t.detach()).all()):
+        if not bool(torch.isfinite(t.detach()).all()):
             raise NonFiniteError(f"non-finite {name} on rank {dist.get_rank()} at step {step}")
 
 
@@ -182,7 +184,9 @@ def _global_inputs(p: Problem, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The global input x and upstream gradient dy [B, tokens, d] in float64, the same on every rank."""
     shape = (p.workload.batch_size, _tokens_axis(p), p.model.hidden)
     gen = torch.Generator().manual_seed(seed + 1)
-    return tuple(torch.randn(shape, generator=gen, dtype=torch.float64, device="cpu") for _ in range(2))
+    x = torch.randn(shape, generator=gen, dtype=torch.float64, device="cpu")
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64, device="cpu")
+    return x, dy
 
 
 def _inputs(job: Job, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,6 +391,7 @@ def verify(job: Job, method, model, reference, x, y, device) -> dict:
     missing = sorted(set(ref_grads) ^ set(grads))
     if missing:
         raise RuntimeError(f"full_grads() and the reference disagree on parameter names: {missing}")
+    assert x_ref.grad is not None  # x_ref requires grad and y_ref depends on it
     grad_errs = {"input": rel_err(dx_full, x_ref.grad)}
     grad_errs.update({name: rel_err(grads[name], prm.grad) for name, prm in ref_grads.items()})
     grad_dtypes = {name: str(g.dtype).removeprefix("torch.") for name, g in grads.items()}

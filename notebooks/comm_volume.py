@@ -155,8 +155,8 @@ else:
         divisor, unit = unit_for([total(d) for d in group.comm_detail], "bytes")  # each panel in its own unit
         by_kind += [
             {
-                "panel": f"{r.model}, {r.layers} layer{'s' if r.layers != 1 else ''}, {fmt_tokens(r.tokens)} tokens"
-                f" ({unit})",
+                "panel": f"{r.model}, {r.layers} layer{'s' if r.layers != 1 else ''}, "
+                f"{fmt_tokens(r.tokens)} tokens ({unit})",
                 "config": r.label,
                 "kind": kind,
                 "bytes": b / divisor,
@@ -343,17 +343,11 @@ rows = dry[dry.method.isin(["lasp1", "lasp2"])] if not dry.empty else dry
 lasp = []
 for _, r in rows.iterrows():
     name = {"lasp1": "LASP-1", "lasp2": "LASP-2"}[r.method]
-    paper = lambda d: (
-        4
-        * reference.evaluate(
-            lasp_ref.loc[name, "traffic_over_iterations_expr"],
-            W=r.world_size,
-            I=1,
-            B=r.batch_size,
-            H=r.heads,
-            d=d,
-        )
-    )
+    expr = lasp_ref.loc[name, "traffic_over_iterations_expr"]
+
+    def paper(d, expr=expr, r=r):
+        return 4 * reference.evaluate(expr, W=r.world_size, I=1, B=r.batch_size, H=r.heads, d=d)
+
     lasp.append(
         {
             "method": name,

@@ -96,8 +96,9 @@ else:
     if memory.theory_GiB.isna().all():
         print("\nmissing: no row has a memory model (theory_mem_bytes is None everywhere)")
     else:
+        ratio = (memory.theory_GiB / memory.peak_GiB).describe()[["min", "max"]].to_dict()
         print(
-            f"\nmodel total / dryrun peak: {(memory.theory_GiB / memory.peak_GiB).describe()[['min', 'max']].to_dict()}"
+            f"\nmodel total / dryrun peak: {ratio}"
             " (the model's total adds the four categories; the peak frees activations as gradients appear"
             " but adds backward transients, so it falls on either side)"
         )

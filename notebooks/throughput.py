@@ -97,7 +97,9 @@ else:
     ]
     throughput = timed.reindex(columns=cols).sort_values(["mode", "model", "layers", "label", "tokens"])
     throughput = throughput.reset_index(drop=True)
-    # the effective/dense FLOP ratio is the same for every method at one L: the conventions differ only in scale
+    # the effective/dense FLOP ratio is the same for every method at one L: the conventions differ only
+    # in scale
+
     throughput["mfu_over_dense"] = throughput.mfu / throughput.mfu_dense
     throughput.to_csv(OUT / "throughput.csv", index=False)
     print(throughput.to_string(index=False))

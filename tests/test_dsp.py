@@ -93,7 +93,9 @@ def test_dsp_forward_bytes_are_2_n_minus_1_over_n_squared_m(outcomes, n):
 
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_paper_table_in_exact_per_rank_form(n):
-    # the paper's 8M, 4M/N, 2M, 2M/N with the exact (N-1)/N factors of a per-rank count (MHA, T and S divisible)
+    # the paper's 8M, 4M/N, 2M, 2M/N with the exact (N-1)/N factors of a per-rank count (MHA, T and S
+    # divisible)
+
     mha8 = ModelConfig(
         "mha8", hidden=32, heads=8, kv_heads=8, head_dim=4, ffn_hidden=128, layers=2, kind="video"
     )

@@ -47,7 +47,8 @@ def expected(kind: str, rank: int, step: int) -> tuple[str, str]:
     return {
         "oom": (
             "oom",
-            f"rank {rank}: out of memory: OutOfMemoryError: injected out of memory on rank {rank} at step {step}",
+            f"rank {rank}: out of memory: OutOfMemoryError: injected out of memory on rank {rank} "
+            f"at step {step}",
         ),
         "crash": ("error", f"rank {rank} failed: RuntimeError: injected crash on rank {rank} at step {step}"),
         "hang": ("timeout", f"rank {rank} stopped responding"),
@@ -151,7 +152,8 @@ def _error_file(path: Path, message: str, mtime: float) -> None:
 def _stack(path: Path, file: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        f'main thread 0x{1:016x}\nThread 0x{2:016x} (most recent call first):\n  File "/x/threading.py", line 1 in run\n\n'
+        f"main thread 0x{1:016x}\nThread 0x{2:016x} (most recent call first):\n"
+        '  File "/x/threading.py", line 1 in run\n\n'
         f'Current thread 0x{1:016x} (most recent call first):\n  File "{file}", line 1 in f\n'
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Optional
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from methods.common import layout as layouts
 from methods.common.attention import KERNELS, merge_lse
 
 # module-level names for the stand-in custom ops' annotations (torch.library resolves them here)
-Tensor, OptTensor = torch.Tensor, Optional[torch.Tensor]
+Tensor, OptTensor = torch.Tensor, torch.Tensor | None
 Four = tuple[Tensor, Tensor, Tensor, Tensor]
 
 

@@ -12,6 +12,7 @@ Each test below fails on that code; numbers after the fix are in the commit mess
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -109,10 +110,8 @@ class Job:
     def cleanup(self) -> None:
         """Whatever failed: SIGKILL to this test's own session and to the processes it saw."""
         self._stop.set()
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
         for pid, created in self.seen.items():
             try:
                 p = psutil.Process(pid)

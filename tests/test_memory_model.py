@@ -3,8 +3,9 @@ input and act (saved activations + output) when the forward ends, grad (paramete
 gradient) after the step. Tiny shapes at world sizes 1, 2, 4 and 8, causal and not, float32 and
 bfloat16, GQA, ZeRO-3, every rank; the video block's variants (dsp; ulysses, ring, tp_sp on frames)
 with padded DSP shards, a single video, no temporal RoPE, adaLN and qk-norm; and one paper-scale
-point each for ulysses, usp and ring. DSP's ranks hold unequal spatial shards when N does not divide S: each rank
-equals its own model (`methods.dsp.rank_memory`), and the registered one is the busiest rank. All
+point each for ulysses, usp and ring. DSP's ranks hold unequal spatial shards when N does not divide S:
+each rank equals its own model
+ (`methods.dsp.rank_memory`), and the registered one is the busiest rank. All
 dryruns of the file run in one in-process `entry_single` call (fake tensors, fake process group)."""
 
 from __future__ import annotations

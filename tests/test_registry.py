@@ -119,7 +119,9 @@ try:
     problem_from_cfg(cfg)
 except InvalidConfig as e:
     row_error = str(e)
-print(json.dumps({"broken": methods.BROKEN, "names": methods.names(), "refused": refused, "row_error": row_error,
+print(json.dumps({"broken": methods.BROKEN, "names": methods.names(), "refused": refused,
+                  "row_error": row_error,
+
                   "ring_fwd": methods.for_problem(p).comm_cost(p).as_dict()["fwd"]}))
 """
 

@@ -173,7 +173,11 @@ def test_no_torch_and_no_index_fails_clearly(tmp_path):
 
 
 def test_helper_is_standard_library_only():
-    code = "import sys, harness.setup_env; bad = {'torch', 'numpy', 'methods'} & set(sys.modules); assert not bad, bad"
+    code = (
+        "import sys, harness.setup_env; bad = {'torch', 'numpy', 'methods'} & set(sys.modules); "
+        "assert not bad, bad"
+    )
+
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

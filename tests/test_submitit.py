@@ -148,7 +148,9 @@ _NODE = textwrap.dedent("""
     plan = node_plan(2)
     rank = ("import os, sys, torch, torch.distributed as dist; dist.init_process_group('gloo'); "
             "t = torch.tensor([dist.get_rank()]); dist.all_reduce(t); "
-            "open(os.path.join(sys.argv[1], f'rank{dist.get_rank()}of{dist.get_world_size()}_sum{int(t)}'), 'w').close(); "
+            "open(os.path.join(sys.argv[1], "
+            "f'rank{dist.get_rank()}of{dist.get_world_size()}_sum{int(t)}'), 'w').close(); "
+
             "dist.destroy_process_group()")
     config = LaunchConfig(**plan.launch_kwargs(), max_restarts=0, monitor_interval=0.1,
                           logs_specs=DefaultLogsSpecs(log_dir=sys.argv[2]))  # not a stray dir in /tmp

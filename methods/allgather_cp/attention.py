@@ -50,11 +50,11 @@ class AllGatherAttention(torch.autograd.Function):
         lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=acc, device=q.device)
         started = set()  # row runs that already hold a partial result
         for rows, cols, square in pieces:
-            o, l = attn_forward(q[:, rows], k_all[:, cols], v_all[:, cols], square)
+            o, o_lse = attn_forward(q[:, rows], k_all[:, cols], v_all[:, cols], square)
             if rows.start in started:
-                out[:, rows], lse[:, :, rows] = merge_lse(out[:, rows], lse[:, :, rows], o, l)
+                out[:, rows], lse[:, :, rows] = merge_lse(out[:, rows], lse[:, :, rows], o, o_lse)
             else:
-                out[:, rows], lse[:, :, rows] = o.to(acc), l.to(acc)
+                out[:, rows], lse[:, :, rows] = o.to(acc), o_lse.to(acc)
                 started.add(rows.start)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k_all, v_all, out, lse, order)

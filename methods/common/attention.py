@@ -434,9 +434,9 @@ def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, head_
         if not lse_err <= LSE_ATOL:
             return f"{mask} LSE differs from the math path by {lse_err:.3g} nats (tolerance {LSE_ATOL})"
         for name in ("out", "dq", "dk", "dv"):
-            err = _max_rel(got[name], ref[name])
-            if not err <= tol:
-                return f"{mask} {name} differs from the math path by {err:.3g} relative (tolerance {tol})"
+            rel = _max_rel(got[name], ref[name])
+            if not rel <= tol:
+                return f"{mask} {name} differs from the math path by {rel:.3g} relative (tolerance {tol})"
     return None
 
 
@@ -447,7 +447,10 @@ def _passes_self_check(name: str, device: torch.device, dtype: torch.dtype, head
     passing wrong numbers. A skip warns with the reason, since the row only shows the kernel used."""
     reason = check_kernel(KERNELS[name], device, dtype, head_dim)
     if reason is not None:
-        warnings.warn(f"attention backend {name!r} skipped on {device} {dtype} head_dim={head_dim}: {reason}")
+        warnings.warn(
+            f"attention backend {name!r} skipped on {device} {dtype} head_dim={head_dim}: {reason}",
+            stacklevel=2,
+        )
     return reason is None
 
 

@@ -90,8 +90,11 @@ class Attention(nn.Module):
     # single-device kernels: the plain float64-capable reference, and the fast one (LSE kernels) that
     # parallel methods run on their local piece of the problem
     reference_attention = staticmethod(math_attention)
-    local_attention = staticmethod(attention)
     use_rope = True
+
+    @property
+    def local_attention(self) -> Callable[..., torch.Tensor]:
+        return attention
 
     def __init__(self, cfg: ModelConfig, qk_norm: bool = False):
         super().__init__()
@@ -114,7 +117,7 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, L, c.heads, c.head_dim)
         k = self.wk(x).view(B, L, c.kv_heads, c.head_dim)
         v = self.wv(x).view(B, L, c.kv_heads, c.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:  # both or neither
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
@@ -166,7 +169,7 @@ def init_weights_(model: nn.Module, seed: int) -> nn.Module:
     (not all ones, so a wrongly reduced norm gradient cannot hide)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64, device="cpu"))
             else:
@@ -200,7 +203,10 @@ def llama_block_params(m: ModelConfig) -> int:
 
 class LinearAttentionLayer(Attention):
     """Linear-Llama3: the Llama attention with softmax replaced by basic linear attention (per-head
-    decay when the model sets `decay: true`, from the table its `decay_rule` names); projections, RoPE and everything around stay."""
+    decay when the model sets `decay: true`, from the table its `decay_rule` names); projections, RoPE
+    and everything around stay."""
+
+    decay: torch.Tensor | None  # a buffer (None without decay)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -251,7 +257,8 @@ def build_reference(
         if cfg.kind == "video":
             from .video import VideoModel
 
-            model = VideoModel(cfg, workload, seed)
+            assert workload is not None, "a video model takes its frame and spatial sizes from the workload"
+            model: nn.Module = VideoModel(cfg, workload, seed)
         else:
             model = ReferenceModel([BLOCK_BUILDERS[cfg.kind](cfg, i) for i in range(cfg.layers)])
         init_weights_(to_(model, dtype=torch.float64), seed)

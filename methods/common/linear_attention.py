@@ -22,8 +22,9 @@ from .attention import acc_dtype
 from .config import ModelConfig
 
 # The per-head decay tables a linear model's `decay_rule` names, lambda_h for heads h = 0 .. H-1:
-#   retnet  1 - 2^(-5 - h): RetNet (Sun et al., arXiv 2307.08621, Sec. 2.2: gamma = 1 - 2^(-5 - arange(0, h))),
-#           as torchscale's MultiScaleRetention and flash-linear-attention's retention layer build it
+#   retnet  1 - 2^(-5 - h): RetNet (Sun et al., arXiv 2307.08621, Sec. 2.2:
+#           gamma = 1 - 2^(-5 - arange(0, h))), as torchscale's MultiScaleRetention and
+#           flash-linear-attention's retention layer build it
 #   scaled  1 - 2^(-5 - 8h/H): spbench's earlier table, the same range [1 - 2^-5, 1 - 2^-13) whatever H;
 #           equal to retnet at H = 8 only (at H = 16 head 15 keeps 1 - 2^-12.5 instead of 1 - 2^-20)
 DECAY_RULES = ("retnet", "scaled")
@@ -293,7 +294,7 @@ def _row_weights(decay: torch.Tensor, c: int, device, dtype) -> tuple[torch.Tens
     log = torch.log(decay.to(device=device, dtype=torch.float64))[:, None]
     r = torch.arange(c, device=device, dtype=torch.float64)[None, :]
     a, b = torch.exp((r + 1) * log), torch.exp((c - 1 - r) * log)
-    return tuple(t.to(dtype)[None, :, None, :, None] for t in (a, b))
+    return a.to(dtype)[None, :, None, :, None], b.to(dtype)[None, :, None, :, None]
 
 
 def chunk_weights(decay: torch.Tensor, c: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

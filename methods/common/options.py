@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 if TYPE_CHECKING:
     from .config import Problem
 
-O = TypeVar("O", bound="MethodOptions")
+OptionsT = TypeVar("OptionsT", bound="MethodOptions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ def choices(tp: Any) -> tuple[str, ...] | None:
     return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
-def parse(cls: type[O], method: str, values: Mapping[str, Any]) -> O:
+def parse(cls: type[OptionsT], method: str, values: Mapping[str, Any]) -> OptionsT:
     """`cls` from a mapping of option values (a config's `method` node without `name`); InvalidConfig
     naming every unknown key or a value outside a Literal's choices."""
     from .config import InvalidConfig  # config imports this module for Problem's options
@@ -74,8 +74,10 @@ def schema(cls: type[MethodOptions], method: str) -> type:
         tp, default = hints[f.name], f.default
         allowed = choices(tp)
         if allowed is not None:
-            tp = enum.StrEnum(f"{cls.__name__}_{f.name}", list(allowed))  # equal to its str value
-            default = tp[default]
+            # equal to its str value; the functional API, as the enum's name is built per field
+            members = enum.StrEnum(f"{cls.__name__}_{f.name}", list(allowed))  # type: ignore[misc]
+            assert isinstance(default, str), f"{cls.__name__}.{f.name}: a choice needs a default choice"
+            tp, default = members, members[default]
         fields.append((f.name, tp, dataclasses.field(default=default)))
     return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
 

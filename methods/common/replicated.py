@@ -37,7 +37,9 @@ class ReplicatedSequenceModel(nn.Module):
         self.register_buffer("positions", positions.to(device), persistent=False)
         self.causal, self.core, self.group, self.zero3 = causal, core, group, zero3
         if zero3:
-            for block in self.model.blocks:
+            blocks = self.model.blocks
+            assert isinstance(blocks, nn.ModuleList)
+            for block in blocks:
                 shard_(block, group, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

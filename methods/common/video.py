@@ -154,6 +154,8 @@ def conditioning(cond: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor 
 class VideoModel(nn.Module):
     """The single-device reference: [B, T*S, C] in and out."""
 
+    cond: torch.Tensor | None  # a buffer (None without adaLN)
+
     def __init__(self, cfg: ModelConfig, workload: Workload, seed: int = 0):
         super().__init__()
         self.blocks = nn.ModuleList(VideoLayer(cfg) for _ in range(cfg.layers))
@@ -178,6 +180,7 @@ class VideoModel(nn.Module):
         frames = torch.arange(self.frames, device=x.device)
         cond = conditioning(self.cond, x.dtype)
         for layer in self.blocks:
+            assert isinstance(layer, VideoLayer)
             x = temporal_stage(layer.temporal, spatial_stage(layer.spatial, x, cond=cond), frames, cond=cond)
         return x.reshape(B, -1, C)
 

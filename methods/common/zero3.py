@@ -5,6 +5,7 @@ disjoint tokens of one batch, so their gradients add up; FSDP2's default would a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,26 +28,27 @@ def shard_(module: nn.Module, group: dist.ProcessGroup, device: torch.device) ->
         )
     with unset_fake_temporarily():  # the mesh keeps its rank map as real tensors (mode=dryrun)
         mesh = DeviceMesh.from_group(group, device.type)
-    fully_shard(module, mesh=mesh, reshard_after_forward=True)
-    module.set_gradient_divide_factor(1.0)
+    sharded = fully_shard(module, mesh=mesh, reshard_after_forward=True)  # the same module, now FSDP's
+    sharded.set_gradient_divide_factor(1.0)
     if device.type == "cpu":  # gloo has no PREMUL_SUM, which a divide factor would otherwise select
-        module.set_force_sum_reduction_for_comms(True)
+        sharded.set_force_sum_reduction_for_comms(True)
     return module
 
 
 def full_grad(param: nn.Parameter) -> torch.Tensor:
     """The whole gradient of a (possibly sharded) parameter."""
     grad = param.grad
+    assert grad is not None, "full_grad after a backward pass: the parameter has no gradient"
     return grad.full_tensor() if hasattr(grad, "full_tensor") else grad
 
 
-def unit_bytes(shapes: list[tuple[int, ...]], n: int, elem: int) -> int:
+def unit_bytes(shapes: Sequence[tuple[int, ...]], n: int, elem: int) -> int:
     """Bytes of one FSDP2 unit's all-gather output (= its gradient reduce-scatter input): every
     parameter is split on dim 0 and padded to n equal shards."""
     return n * sum(math.ceil(s[0] / n) * math.prod(s[1:]) for s in shapes) * elem
 
 
-def unit_cost(p: Problem, shapes: list[tuple[int, ...]], units: int = 1) -> CommCost:
+def unit_cost(p: Problem, shapes: Sequence[tuple[int, ...]], units: int = 1) -> CommCost:
     """`units` FSDP2 units with these parameter shapes: all-gather forward, all-gather again in
     backward, reduce-scatter of the gradients."""
     full, n = unit_bytes(shapes, p.world_size, p.elem_bytes), p.world_size

@@ -73,6 +73,7 @@ register(
     )
 )
 
-from . import baselines  # noqa: F401  (the embedded-SP variants of ulysses, ring, tp_sp)
+# the embedded-SP variants of ulysses, ring, tp_sp, registered after dsp itself
+from . import baselines  # noqa: E402, F401 -- imported for its registrations, in this order
 
 __all__ = ["DSPModel", "DSPOptions", "rank_memory"]

@@ -30,7 +30,8 @@ class Lasp2Options(ShardedOptions):
 def validate(p: Problem) -> None:
     if p.model.extra.get("decay") and not p.workload.causal:
         raise InvalidConfig(
-            "decay is defined for causal linear attention only (set workload.causal=true or model.decay=false)"
+            "decay is defined for causal linear attention only "
+            "(set workload.causal=true or model.decay=false)"
         )
     layouts.check_divisible("contiguous", p.workload.seq_len, p.world_size)
 

@@ -1,5 +1,7 @@
-"""LASP-2's parallel core (arXiv 2502.07563): sequence parallelism for linear attention with one all-gather of the
-per-rank memory states forward and one of their gradients backward, whatever the sequence length.
+"""LASP-2's parallel core (arXiv 2502.07563): sequence parallelism for linear attention with one
+all-gather of the per-rank memory states forward and one of their gradients backward, whatever the
+sequence length.
+
 
 Rank t holds the contiguous chunk t. Forward: M_t = (b * K_t)^T V_t, all-gathered (asynchronously,
 while the intra-chunk term is computed), the decayed prefix S_t = sum_{j<t} lambda^(C(t-1-j)) M_j,
