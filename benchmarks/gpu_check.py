@@ -745,7 +745,7 @@ COLUMNS = (
     "status",
     "method",
     "zero3",
-    "ring_layout",
+    "layout",
     "model",
     "world_size",
     "play_rank",
@@ -872,7 +872,7 @@ def summarize(out: Path, cpu: bool) -> tuple[str, list[dict]]:
     ratio = t_r / t_u if t_u and t_r else None
     add(
         "b",
-        f"ring ({ring.get('ring_layout') if ring else 'zigzag'}) / Ulysses per-rank compute_time_ms "
+        f"ring ({ring.get('layout') if ring else 'zigzag'}) / Ulysses per-rank compute_time_ms "
         f"at {long_len} tokens",
         f"<= {RATIO_TARGET}",
         "-" if ratio is None else f"{ratio:.3f} ({t_r:.1f} / {t_u:.1f} ms)",
@@ -961,7 +961,7 @@ def summarize(out: Path, cpu: bool) -> tuple[str, list[dict]]:
             method = (
                 r["method"]
                 + ("+zero3" if r.get("zero3") == "True" else "")
-                + (f" {r['ring_layout']}" if r.get("ring_layout") else "")
+                + (f" {r['layout']}" if r.get("layout") else "")
             )
             lines.append(
                 f"| {part} | {method} | {r['world_size']} | {tokens} | {r['status']} "

@@ -54,9 +54,7 @@ def param_elements(p: Problem, per_rank_mem: MemCost) -> int:
 
 def memory_model(p: Problem) -> MemCost:
     """The per-rank memory model of p's method (one step, by category)."""
-    model = methods.for_problem(p).memory_cost
-    assert model is not None, f"{p.method} has no memory model"
-    return model(p)
+    return methods.for_problem(p).memory_cost(p)
 
 
 def one_layer_act(p: Problem) -> int:

@@ -9,6 +9,9 @@ from typing import Any
 
 import pandas as pd
 
+import methods
+from methods.common.config import Problem
+
 # the method options that shape a run; a row holds None where an option does not apply to its method
 OPTION_COLUMNS = [
     "ulysses_degree",
@@ -97,3 +100,25 @@ def keep(df: pd.DataFrame, mask: pd.Series, why: str) -> pd.DataFrame:
         shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
         print(f"dropped {len(dropped)} row(s), {why}: {shown}")
     return df[mask]
+
+
+def resolved_options(problem: Problem) -> dict:
+    """Every option column with the value the run used; None where the option does not apply (the
+    method has no such option, video attention outside video workloads, decay outside linear models).
+    `decay` is a model option, recorded with the method's because it shapes the run the same way."""
+    effective = methods.resolve_options(problem)
+    options = {name: effective.get(name) for name in OPTION_COLUMNS}
+    if not problem.workload.frames:
+        options["video_attention"] = None
+    if problem.model.kind in ("linear", "hybrid"):  # the decay table's name (model.decay_rule), or False
+        extra = problem.model.extra
+        options["decay"] = extra.get("decay_rule") if extra.get("decay") else False
+    if problem.model.kind == "video":
+        options["adaln"] = bool(problem.model.extra.get("adaln"))
+        options["qk_norm"] = bool(problem.model.extra.get("qk_norm"))
+    return options
+
+
+def problem_label(p: Problem) -> str:
+    """The label of a problem's configuration, as its row will read (the planner names its rows so)."""
+    return label({"method": p.method, **resolved_options(p)})

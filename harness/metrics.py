@@ -84,7 +84,7 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig, mode: 
     comm = max_comm(per_rank)
     method = methods.for_problem(problem)
     theory = method.comm_cost(problem).as_dict()
-    memory = method.memory_cost(problem) if method.memory_cost else None
+    memory = method.memory_cost(problem)
     comm_s = max(comm_seconds(r["comm_records"], hardware) for r in per_rank)
     row = {
         "model_flops": dense,
@@ -95,8 +95,8 @@ def metrics(problem: Problem, per_rank: list[dict], hardware: DictConfig, mode: 
         # what the forward left alive for the backward (saved activations and the output); CPU tracker only
         "mem_fwd_end_detail": per_rank[0].get("mem_fwd_end_detail"),
         "mem_end_detail": per_rank[0].get("mem_end_detail"),  # after the step: the gradients are there
-        "theory_mem_bytes": memory.total if memory else None,
-        "theory_mem_detail": memory.as_dict() if memory else None,
+        "theory_mem_bytes": memory.total,
+        "theory_mem_detail": memory.as_dict(),
         "comm_bytes_fwd": sum(comm["fwd"].values()),
         "comm_bytes_bwd": sum(comm["bwd"].values()),
         "theory_comm_bytes_fwd": sum(theory["fwd"].values()),

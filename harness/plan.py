@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pandas as pd
@@ -37,6 +38,7 @@ from methods.usp import grid_position
 from . import calibration
 from .capacity import training_state_bytes
 from .flops import step_flops
+from .labels import problem_label
 from .problem import MODEL_KEYS, WORKLOAD_KEYS
 from .projection import spans_nodes
 from .work import BACKWARD, step_work
@@ -61,8 +63,8 @@ def option_grid(method: str, world_size: int, workload: str) -> Iterator[dict]:
             continue
         if hints[f.name] is bool:
             axes[f.name] = (False, True)
-        elif opts.choices(hints[f.name]):
-            axes[f.name] = opts.choices(hints[f.name])
+        elif allowed := opts.choices(hints[f.name]):
+            axes[f.name] = allowed
     degrees = "ulysses_degree" in hints
     splits = (
         [(u, world_size // u) for u in range(1, world_size + 1) if world_size % u == 0] if degrees else [None]
@@ -75,23 +77,11 @@ def option_grid(method: str, world_size: int, workload: str) -> Iterator[dict]:
             yield choice
 
 
-def label(p: Problem) -> str:
-    o = opts.as_dict(p.options)
-    parts = [p.method]
-    if p.method == "usp":
-        parts += [f"u{o['ulysses_degree']}xr{o['ring_degree']}", o["placement"]]
-    if "layout" in o and p.workload.name != "video":  # the video ring runs basic whatever its option
-        parts.append(o["layout"])
-    if o.get("video_attention") == "all":
-        parts.append("all-attn")
-    if o.get("zero3"):
-        parts.append("zero3")
-    return " ".join(parts)
-
-
 def candidates(base: Problem) -> tuple[list[Problem], dict[str, int], int]:
     """(valid problems, rejection reason -> count, methods that do not run this model/workload)."""
-    valid, rejected, not_applicable = [], {}, 0
+    valid: list[Problem] = []
+    rejected: dict[str, int] = {}
+    not_applicable = 0
     for name in methods.names():
         probe = replace(base, method=name, options={})
         try:
@@ -166,7 +156,7 @@ def comm_by_link(p: Problem, hardware: DictConfig) -> dict:
     """Exact bytes by phase, kind and link, and their projected seconds."""
     gpus = int(hardware.get("gpus") or p.world_size)
     cost = methods.for_problem(p).comm_cost(p)
-    out = {
+    out: dict[str, Any] = {
         "intra_bytes": Fraction(0),
         "inter_bytes": Fraction(0),
         "comm_s": 0.0,
@@ -245,7 +235,7 @@ def predict(
     peak = 1e12 * float(hardware["peak_tflops"][p.dtype])
     required = train["train_model_bytes"]
     return {
-        "label": label(p) + (" recompute" if recompute == "full" else ""),
+        "label": problem_label(p) + (" recompute" if recompute == "full" else ""),
         "method": p.method,
         **{f"opt_{k}": v for k, v in opts.as_dict(p.options).items()},
         "mem_GiB": required / 2**30,
@@ -340,12 +330,16 @@ def why_slower(best: pd.Series, row: pd.Series) -> str:
     return f"{cause} +{gap:.3g} ms" if gap > 0 else "ties the winner"
 
 
+def _capacity(memory_bytes: float | None) -> str:
+    return "the device memory" if memory_bytes is None else f"{memory_bytes / 2**30:.0f} GiB"
+
+
 def explain(table: pd.DataFrame, memory_bytes: float | None) -> str:
     best = table.iloc[0]
     if best["fits"] is False:
         smallest = table.loc[table["mem_required_bytes"].idxmin()]
         return (
-            f"No configuration fits {memory_bytes / 2**30:.0f} GiB per rank: the smallest, "
+            f"No configuration fits {_capacity(memory_bytes)} per rank: the smallest, "
             f"{smallest['label']}, needs {smallest['mem_GiB']:.1f} GiB. More ranks, a shorter sequence "
             f"or full recompute (plan.recompute) would be needed. Fastest regardless of memory: "
             f"{best['label']}, {best['step_ms']:.1f} ms per step."
@@ -408,7 +402,7 @@ def dryrun_check(problems: list[Problem], hardware: DictConfig) -> list[dict]:
         predicted_links = comm_by_link(p, hardware)
         out.append(
             {
-                "label": label(p),
+                "label": problem_label(p),
                 "comm_equal": max_comm(mine) == predicted_comm,
                 "memory_equal": busiest == predicted_mem,
                 "links_equal": (float(links["intra"]), float(links["inter"]))
@@ -513,7 +507,7 @@ def run_plan(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if cfg.plan.confirm:
         distinct: dict[str, Problem] = {}  # each configuration once, whatever its recompute rows
         for p in ordered:
-            distinct.setdefault(label(p), p)
+            distinct.setdefault(problem_label(p), p)
         checks = dryrun_check(list(distinct.values())[: int(cfg.plan.confirm)], cfg.hardware)
         for c in checks:
             print(

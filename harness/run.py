@@ -37,7 +37,7 @@ from .cluster import node_plan, primary_node
 from .failures import available_memory_frac, classify_failure, oom_kill_count
 from .groups import CONF_DIR, experiment_choices, rewrite_unknown_choices
 from .hashing import config_hash
-from .labels import OPTION_COLUMNS, label
+from .labels import OPTION_COLUMNS, label, resolved_options
 from .launch import ChildFailedError, LaunchTimeout, launch
 from .metrics import metrics, suspect
 from .problem import problem_from_cfg, resolve_backend
@@ -84,23 +84,6 @@ def config_fields(cfg: DictConfig) -> dict:
         "dtype": cfg.get("dtype"),
         "causal": workload.get("causal"),
     }
-
-
-def resolved_options(problem: Problem) -> dict:
-    """Every option column with the value the run used; None where the option does not apply (the
-    method has no such option, video attention outside video workloads, decay outside linear models).
-    `decay` is a model option, recorded with the method's because it shapes the run the same way."""
-    effective = methods.resolve_options(problem)
-    options = {name: effective.get(name) for name in OPTION_COLUMNS}
-    if not problem.workload.frames:
-        options["video_attention"] = None
-    if problem.model.kind in ("linear", "hybrid"):  # the decay table's name (model.decay_rule), or False
-        extra = problem.model.extra
-        options["decay"] = extra.get("decay_rule") if extra.get("decay") else False
-    if problem.model.kind == "video":
-        options["adaln"] = bool(problem.model.extra.get("adaln"))
-        options["qk_norm"] = bool(problem.model.extra.get("qk_norm"))
-    return options
 
 
 def base_row(cfg: DictConfig) -> dict:
@@ -192,7 +175,7 @@ def _check_memory(cfg: DictConfig, problem: Problem, backend: str, ranks_here: i
     """A real run whose per-rank memory model exceeds what a rank has would only thrash or be killed:
     refused unless bench.allow_oversubscribe."""
     method = methods.for_problem(problem)
-    if not method.memory_cost or cfg.bench.get("allow_oversubscribe", False):
+    if cfg.bench.get("allow_oversubscribe", False):
         return
     need = method.memory_cost(problem).total
     have, what = _memory_capacity(backend, max(1, ranks_here))

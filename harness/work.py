@@ -118,7 +118,7 @@ def _softmax_layer(p: Problem, work: Work) -> tuple[float, int, dict[int, float]
     if p.method in ("allgather_cp", "lasp2"):  # LASP-2H's softmax layers: all-gather CP, contiguous
         return allgather_flops(p, p.options.layout if p.method == "allgather_cp" else "contiguous")
     # whole sequence, a head group per rank (Ulysses, TP-SP, Odysseus)
-    flops = _block_flops(w.batch_size, w.seq_len, w.seq_len, m.heads / n, m.head_dim, w.causal)
+    flops = _block_flops(w.batch_size, w.seq_len, w.seq_len, m.heads // n, m.head_dim, w.causal)
     return flops, 1, ({w.seq_len: flops} if w.causal else {})
 
 

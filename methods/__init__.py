@@ -43,7 +43,7 @@ class Method:
         [Problem, nn.Module, torch.device], nn.Module
     ]  # (problem, reference, device) -> ParallelModel
     comm_cost: Callable[[Problem], CommCost]  # exact per-rank bytes of one step
-    memory_cost: Callable[[Problem], MemCost] | None = None  # per-rank memory of one step, by category
+    memory_cost: Callable[[Problem], MemCost]  # per-rank memory of one step, by category
     workloads: tuple[str, ...] = ("llm",)
     model_kinds: tuple[str, ...] = ("llama",)
     options: type[opts.MethodOptions] = opts.MethodOptions  # the typed `method.*` options (one per name)
