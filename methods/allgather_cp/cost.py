@@ -6,16 +6,12 @@ from methods.common.attention import acc_dtype
 from methods.common.attention_call import AttentionCall
 from methods.common.config import Problem
 from methods.common.cost import CommCost
-from methods.common.layers import llama_block_shapes
 from methods.common.memory import (
     INDEX_BYTES,
     MemCost,
-    llama_layer_act,
-    positions_storage,
-    replicated_memory,
     softmax_core_act,
 )
-from methods.common.replicated import param_sync_cost
+from methods.common.replicated import sequence_sharded_comm_cost, sequence_sharded_memory_cost
 
 
 def attention_cost(call: AttentionCall) -> CommCost:
@@ -41,21 +37,8 @@ def attention_act(call: AttentionCall) -> int:
 
 
 def comm_cost(p: Problem) -> CommCost:
-    m = p.model
-    cost = CommCost()
-    for _ in range(m.layers):
-        cost += attention_cost(AttentionCall.of(p))
-    return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
+    return sequence_sharded_comm_cost(p, attention_cost)
 
 
 def memory_cost(p: Problem) -> MemCost:
-    m, w, n = p.model, p.workload, p.world_size
-    tokens_local = w.seq_len // n
-    layer = llama_layer_act(p, w.batch_size * tokens_local, tokens_local, attention_act(AttentionCall.of(p)))
-    return replicated_memory(
-        p,
-        llama_block_shapes(m),
-        w.batch_size * tokens_local,
-        positions_storage(w.seq_len, n),
-        [layer] * m.layers,
-    )
+    return sequence_sharded_memory_cost(p, attention_act)

@@ -5,15 +5,18 @@ core: the shape shared by every method that only changes how attention sees the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .attention_call import AttentionCall
 from .collectives import sum_grads
 from .config import Problem
 from .cost import CommCost
-from .layers import AttentionCore, copy_to
+from .layers import AttentionCore, copy_to, llama_block_shapes
+from .memory import MemCost, llama_layer_act, positions_storage, replicated_memory
 from .options import zero3
 from .zero3 import full_grad, shard_, unit_cost
 
@@ -64,3 +67,26 @@ def param_sync_cost(p: Problem, block_shapes: list[tuple[int, ...]], layers: int
         return unit_cost(p, block_shapes, units=layers)
     params = layers * sum(math.prod(s) for s in block_shapes)
     return CommCost().add("bwd", "all_reduce", params * p.elem_bytes, p.world_size)
+
+
+def sequence_sharded_comm_cost(p: Problem, attention_cost: Callable[[AttentionCall], CommCost]) -> CommCost:
+    """A replicated Llama block whose layers communicate only in attention (Ulysses, ring, all-gather
+    CP): each layer's attention call, then the parameters' gradient sync."""
+    cost = CommCost()
+    for _ in range(p.model.layers):
+        cost += attention_cost(AttentionCall.of(p))
+    return cost + param_sync_cost(p, llama_block_shapes(p.model), p.model.layers)
+
+
+def sequence_sharded_memory_cost(p: Problem, attention_act: Callable[[AttentionCall], int]) -> MemCost:
+    """Per-rank memory of that block: replicated weights (or ZeRO-3 shards), L/N tokens per rank, and
+    each layer's activations with what its attention call saves."""
+    m, w, n = p.model, p.workload, p.world_size
+    tokens_local = w.seq_len // n
+    layers = [
+        llama_layer_act(p, w.batch_size * tokens_local, tokens_local, attention_act(AttentionCall.of(p, i)))
+        for i in range(m.layers)
+    ]
+    return replicated_memory(
+        p, llama_block_shapes(m), w.batch_size * tokens_local, positions_storage(w.seq_len, n), layers
+    )

@@ -5,16 +5,12 @@ from __future__ import annotations
 from methods.common.attention_call import AttentionCall
 from methods.common.config import Problem
 from methods.common.cost import CommCost
-from methods.common.layers import llama_block_shapes
 from methods.common.memory import (
     MemCost,
     linear_kernel_act,
-    llama_layer_act,
-    positions_storage,
-    replicated_memory,
     softmax_core_act,
 )
-from methods.common.replicated import param_sync_cost
+from methods.common.replicated import sequence_sharded_comm_cost, sequence_sharded_memory_cost
 
 from .attention import kv_heads_exchanged
 
@@ -48,19 +44,8 @@ def attention_act(call: AttentionCall) -> int:
 
 
 def comm_cost(p: Problem) -> CommCost:
-    m = p.model
-    cost = CommCost()
-    for _ in range(m.layers):
-        cost += attention_cost(AttentionCall.of(p))
-    return cost + param_sync_cost(p, llama_block_shapes(m), m.layers)
+    return sequence_sharded_comm_cost(p, attention_cost)
 
 
 def memory_cost(p: Problem) -> MemCost:
-    """Replicated weights (or ZeRO-3 shards); positions are a view of the whole arange (L int64)."""
-    m, w, n = p.model, p.workload, p.world_size
-    tokens = w.batch_size * w.seq_len // n
-    layers = [
-        llama_layer_act(p, tokens, w.seq_len // n, attention_act(AttentionCall.of(p, i)))
-        for i in range(m.layers)
-    ]
-    return replicated_memory(p, llama_block_shapes(m), tokens, positions_storage(w.seq_len, n), layers)
+    return sequence_sharded_memory_cost(p, attention_act)
